@@ -1,0 +1,32 @@
+"""Power-sampling experiments: data → models → generation → grading → metrics → plots → report.
+
+snakemake -c2                                    # the default toy world, on CPU
+snakemake -c2 --configfile config/paper.yaml     # another study
+snakemake --report reports/report.html           # the HTML report
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "reports/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/models.smk"
+include: "rules/generate.smk"
+include: "rules/grade.smk"
+include: "rules/metrics.smk"
+include: "rules/plots.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs(),

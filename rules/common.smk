@@ -1,0 +1,93 @@
+"""Config validation and the helpers every rule file uses."""
+
+import re
+import sys
+
+from powersampling.config import (
+    TOY_SOURCE,
+    shard_rows,
+    n_shards,
+    planned_runs,
+    task_seed,
+    toy_settings,
+    validate_config,
+)
+from powersampling.errors import UserError
+from powersampling.seeding import derive_seed
+
+# A bad config stops here, before any job runs, with one line per problem.
+try:
+    config = validate_config(config, workflow.source_path("../config/schema.yaml"))
+except UserError as err:
+    sys.exit(f"Error: {err}")
+
+RUNS = planned_runs(config)
+SHARD_FILE = "{task}/{model}/{method}/seed{seed}/shard{shard}.parquet"
+
+
+wildcard_constraints:
+    task="[A-Za-z0-9_.+-]+",
+    model="[A-Za-z0-9_.+-]+",
+    method="[A-Za-z0-9_.+-]+",
+    seed=r"\d+",
+    shard=r"\d{3}",
+
+
+def names_alternation(names):
+    """A regex matching exactly these names (never matching anything when empty)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def tasks_of_kind(synthetic):
+    return [
+        name
+        for name, task in config["tasks"].items()
+        if (task["kind"] == "synthetic") == synthetic
+    ]
+
+
+def toy_models():
+    return [n for n, m in config["models"].items() if m["source"] == TOY_SOURCE]
+
+
+def shard_paths(stage, runs=None):
+    """Per-shard files of ``stage`` (generations or graded) for the given runs."""
+    paths = []
+    for run in RUNS if runs is None else runs:
+        for shard in range(n_shards(config, run.task)):
+            paths.append(
+                f"results/{stage}/"
+                + SHARD_FILE.format(
+                    task=run.task,
+                    model=run.model,
+                    method=run.method,
+                    seed=run.seed,
+                    shard=f"{shard:03d}",
+                )
+            )
+    return paths
+
+
+def model_inputs(wildcards):
+    """A toy model is built by the workflow; other models are read from their source."""
+    if config["models"][wildcards.model]["source"] == TOY_SOURCE:
+        return {"model": f"results/models/{wildcards.model}"}
+    return {}
+
+
+def scaled_by_attempt(first_attempt):
+    """A resource that grows with each retry, so a job killed for memory or time can pass."""
+    return lambda wildcards, attempt: first_attempt * attempt
+
+
+def synthetic_task_data():
+    return [f"data/{task}.parquet" for task in tasks_of_kind(synthetic=True)]
+
+
+def all_outputs():
+    return [
+        "results/tables/accuracy.parquet",
+        "results/tables/pass_at_k.parquet",
+        *PLOTS,
+        "results/config.yaml",
+    ]

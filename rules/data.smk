@@ -1,0 +1,15 @@
+"""Datasets: synthetic problems are generated; benchmarks are downloaded or read locally."""
+
+
+rule synthetic_data:
+    output:
+        "data/{task}.parquet",
+    log:
+        "logs/synthetic_data/{task}.log",
+    wildcard_constraints:
+        task=names_alternation(tasks_of_kind(synthetic=True)),
+    params:
+        task=lambda wildcards: config["tasks"][wildcards.task],
+        seed=lambda wildcards: task_seed(config, wildcards.task),
+    script:
+        "../workflow/scripts/make_task_data.py"

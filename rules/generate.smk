@@ -1,0 +1,28 @@
+"""Generation: one job per shard, one model load per job, batched decoding."""
+
+
+rule generate:
+    input:
+        unpack(model_inputs),
+        data="data/{task}.parquet",
+    output:
+        "results/generations/" + SHARD_FILE,
+    log:
+        "logs/generate/" + SHARD_FILE.replace(".parquet", ".log"),
+    benchmark:
+        "benchmarks/generate/" + SHARD_FILE.replace(".parquet", ".tsv")
+    threads: config["resources"]["generation_threads"]
+    resources:
+        gpu=config["resources"]["gpu"],
+        mem_mb=scaled_by_attempt(config["resources"]["generation_mem_mb"]),
+        runtime=scaled_by_attempt(config["resources"]["generation_runtime_min"]),
+    params:
+        model=lambda wildcards: config["models"][wildcards.model],
+        method=lambda wildcards: config["methods"][wildcards.method],
+        rows=lambda wildcards: shard_rows(config, wildcards.task, int(wildcards.shard)),
+        task=lambda wildcards: config["tasks"][wildcards.task],
+        task_seed=lambda wildcards: task_seed(config, wildcards.task),
+        generation=config["generation"],
+        device=config["device"],
+    script:
+        "../workflow/scripts/generate.py"

@@ -1,0 +1,25 @@
+"""Metric tables over every graded shard: accuracy with CIs, pass@k, MCMC acceptance."""
+
+
+rule collect_metrics:
+    input:
+        shard_paths("graded"),
+    output:
+        accuracy="results/tables/accuracy.parquet",
+        accuracy_csv="results/tables/accuracy.csv",
+        pass_at_k="results/tables/pass_at_k.parquet",
+        acceptance="results/tables/acceptance_by_block.parquet",
+        accuracy_html=report(
+            "results/tables/accuracy.html",
+            caption="../reports/accuracy_table.rst",
+            category="1. Accuracy",
+            labels={"table": "accuracy by task, model and method"},
+        ),
+    log:
+        "logs/collect_metrics.log",
+    params:
+        methods=config["methods"],
+        report=config["report"],
+        seed=config["seed"],
+    script:
+        "../workflow/scripts/collect_metrics.py"

@@ -1,0 +1,177 @@
+"""Config validation and run planning.
+
+The workflow validates its config against ``config/schema.yaml`` before building the DAG:
+defaults from the schema are filled in, and every problem is reported as one line naming
+the key, so that a typo stops the run before any job starts. Planning (which shards of
+which runs exist) is also here, so the Snakefile and the tests share one definition.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from powersampling.errors import UserError
+from powersampling.tasks import get_task
+
+TOY_SOURCE = "toy"
+
+
+def _set_defaults(validator_class):
+    """A validator class that also fills in ``default`` values of ``properties``."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if isinstance(subschema, dict) and "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _set_defaults(jsonschema.Draft202012Validator)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in allowed)
+        where = _key(error.absolute_path)
+        return f"{where}: unknown key(s) {', '.join(map(repr, unknown))}"
+    return f"{_key(error.absolute_path)}: {error.message}"
+
+
+def load_schema(path: str | os.PathLike) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def validate_config(config: dict[str, Any], schema: dict | str | os.PathLike) -> dict[str, Any]:
+    """Return a copy of ``config`` with defaults filled in, or raise UserError listing problems."""
+    if not isinstance(schema, dict):
+        schema = load_schema(schema)
+    config = copy.deepcopy(dict(config))
+    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    # Conditional (if/then) branches report the same unknown key more than once.
+    messages = list(dict.fromkeys(_describe(e) for e in errors))
+    messages += [] if messages else _check_references(config)
+    if messages:
+        raise UserError("invalid config:\n  " + "\n  ".join(messages))
+    return config
+
+
+def _looks_like_path(source: str) -> bool:
+    if source.startswith(("/", "./", "../", "~")):
+        return True
+    # "org/name" is a hub id unless such a folder exists here.
+    return os.sep in source and Path(source).exists()
+
+
+def _check_references(config: dict[str, Any]) -> list[str]:
+    """Problems a schema cannot see: names that refer to nothing, missing local paths."""
+    problems = []
+    for i, experiment in enumerate(config["experiments"]):
+        for section in ("tasks", "models", "methods"):
+            for name in experiment[section]:
+                if name not in config[section]:
+                    known = ", ".join(sorted(config[section]))
+                    problems.append(
+                        f"experiments.{i}.{section}: {name!r} is not defined under "
+                        f"'{section}' (defined: {known})"
+                    )
+    for name, model in config["models"].items():
+        source = model["source"]
+        if source != TOY_SOURCE and _looks_like_path(source):
+            if not Path(source).expanduser().is_dir():
+                problems.append(f"models.{name}.source: no model directory at {source}")
+    for name, task in config["tasks"].items():
+        if task["kind"] == "synthetic" and task.get("limit") is None:
+            problems.append(f"tasks.{name}.limit: synthetic tasks need a number of problems")
+        if task["kind"] != "synthetic" and "generator" in task:
+            problems.append(f"tasks.{name}.generator: only synthetic tasks take a generator")
+        source = task.get("source")
+        if source and _looks_like_path(source) and not Path(source).expanduser().exists():
+            problems.append(f"tasks.{name}.source: no file at {source}")
+    return problems
+
+
+def load_config(path: str | os.PathLike, schema: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file and validate it."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read config {path}: {err}") from err
+    return validate_config(raw, schema)
+
+
+# --------------------------------------------------------------------------------------
+# Planning
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (task, model, method, seed) combination; its shards are generation jobs."""
+
+    task: str
+    model: str
+    method: str
+    seed: int
+
+
+def planned_runs(config: dict[str, Any]) -> list[Run]:
+    """Every run the experiments ask for, without duplicates, in config order."""
+    runs: dict[Run, None] = {}
+    for experiment in config["experiments"]:
+        for task in experiment["tasks"]:
+            for model in experiment["models"]:
+                for method in experiment["methods"]:
+                    for seed in experiment["seeds"]:
+                        runs[Run(task, model, method, int(seed))] = None
+    return list(runs)
+
+
+def task_seed(config: dict[str, Any], task: str) -> int:
+    from powersampling.seeding import derive_seed
+
+    return derive_seed(config["seed"], "task", task)
+
+
+def task_size(config: dict[str, Any], task: str) -> int:
+    """Problems the workflow runs for ``task``, known from the config alone (no data read)."""
+    return get_task(task, config["tasks"][task], seed=task_seed(config, task)).size
+
+
+def n_shards(config: dict[str, Any], task: str) -> int:
+    return math.ceil(task_size(config, task) / config["tasks"][task]["shard_size"])
+
+
+def shard_rows(config: dict[str, Any], task: str, shard: int) -> tuple[int, int]:
+    """Row range [start, stop) of ``shard`` in the task's data file."""
+    size = task_size(config, task)
+    shard_size = config["tasks"][task]["shard_size"]
+    start = shard * shard_size
+    if not 0 <= start < size:
+        raise UserError(
+            f"shard {shard} of task {task} has no problems ({size} problems, {shard_size} per shard)"
+        )
+    return start, min(start + shard_size, size)
+
+
+def toy_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """The toy world's settings for ``model``: global ``toy`` section, then the model's own."""
+    settings = copy.deepcopy(config.get("toy", {}))
+    for section, values in config["models"][model].get("toy", {}).items():
+        settings.setdefault(section, {}).update(values)
+    return settings

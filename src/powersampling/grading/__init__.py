@@ -1,0 +1,1 @@
+"""Graders: answer extraction and equivalence checks, one module per answer type."""

@@ -1,0 +1,127 @@
+"""Parquet schemas and atomic writes.
+
+Every output is written to a temporary file in the destination folder and renamed into
+place, so a killed job leaves either the old file or nothing, never a half-written file
+a rerun would trust. Schemas pin dtypes so that shards concatenate without surprises.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+BLOCK_TRACE_TYPE = pa.list_(
+    pa.struct(
+        [
+            ("block", pa.int32()),
+            ("length", pa.int32()),
+            ("proposals", pa.int32()),
+            ("accepted", pa.int32()),
+            ("logp", pa.float64()),
+        ]
+    )
+)
+
+# One row per (problem, sample). Power-sampling columns are null for other samplers.
+GENERATION_SCHEMA = pa.schema(
+    [
+        ("task", pa.string()),
+        ("problem_id", pa.string()),
+        ("model", pa.string()),
+        ("method", pa.string()),
+        ("sampler", pa.string()),
+        ("seed", pa.int64()),
+        ("shard", pa.int32()),
+        ("chain", pa.int32()),
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("completion_ids", pa.list_(pa.int32())),
+        ("n_prompt_tokens", pa.int32()),
+        ("n_new_tokens", pa.int32()),
+        ("finish_reason", pa.string()),  # "eos" | "length"
+        ("logp_sum", pa.float64()),  # base model, T=1, full vocabulary
+        ("mean_entropy", pa.float64()),  # nats, base model at T=1
+        ("perplexity", pa.float64()),  # exp(-logp_sum / n_new_tokens)
+        ("self_confidence", pa.float64()),  # mean top-1 probability of the base model
+        ("temperature", pa.float64()),
+        ("acceptance_rate", pa.float64()),
+        ("proposals", pa.int32()),
+        ("tokens_decoded", pa.int64()),
+        ("tokens_prefilled", pa.int64()),
+        ("wall_time_s", pa.float64()),
+        ("block_trace", BLOCK_TRACE_TYPE),
+    ]
+)
+
+GRADED_SCHEMA = GENERATION_SCHEMA.append(pa.field("reference", pa.string()))
+for _field in [
+    pa.field("extracted", pa.string()),
+    pa.field("correct", pa.bool_()),
+    pa.field("compliant", pa.bool_()),
+    pa.field("grader", pa.string()),
+    pa.field("error", pa.string()),
+]:
+    GRADED_SCHEMA = GRADED_SCHEMA.append(_field)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent
+    )
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
+    """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        writer(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike, schema: pa.Schema | None = None):
+    """Write ``df`` atomically; with ``schema``, columns are cast to it (missing ones null)."""
+    if schema is not None:
+        missing = [name for name in schema.names if name not in df.columns]
+        df = df.assign(**{name: None for name in missing})
+        extra = [c for c in df.columns if c not in schema.names]
+        if extra:
+            raise ValueError(f"columns not in the schema: {extra}")
+        table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+    else:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """A Parquet table plus a CSV copy beside it for humans (``x.parquet`` → ``x.csv``)."""
+    path = Path(path)
+    write_parquet(df, path)
+    write_atomic(path.with_suffix(".csv"), lambda tmp: df.to_csv(tmp, index=False))
+
+
+def read_parquet(paths: str | os.PathLike | list) -> pd.DataFrame:
+    """Read one Parquet file or concatenate several (an empty list gives an empty frame)."""
+    if isinstance(paths, (str, os.PathLike)):
+        return pd.read_parquet(paths)
+    frames = [pd.read_parquet(p) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

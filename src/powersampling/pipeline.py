@@ -1,0 +1,261 @@
+"""One function per workflow stage, called by the thin scripts in ``workflow/scripts``.
+
+Each function reads its inputs, calls the library, and writes its outputs atomically.
+They take plain values (paths, config sections), never Snakemake objects, so they can be
+run and tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from powersampling import io, metrics, plots
+from powersampling.errors import UserError
+from powersampling.tasks import get_task
+
+Log = Callable[[str], None]
+
+
+def _no_log(message: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------------------
+# Data
+
+
+def build_task_data(task_name: str, task: dict[str, Any], *, seed: int, out_path) -> pd.DataFrame:
+    """Load (or generate) a task's problems and write them as one Parquet file."""
+    task_obj = get_task(task_name, task, seed=seed)
+    problems = task_obj.load()
+    expected = task_obj.size
+    if len(problems) == 0:
+        raise UserError(f"task {task_name} has no problems")
+    if len(problems) < expected:
+        raise UserError(
+            f"task {task_name} has {len(problems)} problems but the config asks for {expected}; "
+            f"lower tasks.{task_name}.limit"
+        )
+    problems = problems.iloc[:expected].reset_index(drop=True)
+    if problems["problem_id"].duplicated().any():
+        raise UserError(f"task {task_name}: problem ids are not unique")
+    io.write_parquet(problems, out_path)
+    return problems
+
+
+# --------------------------------------------------------------------------------------
+# Models
+
+
+def train_toy(
+    settings: dict[str, Any],
+    *,
+    holdout_paths: Sequence[str],
+    seed: int,
+    out_dir,
+    threads: int = 1,
+    log: Log = _no_log,
+) -> dict:
+    """Train the toy model with the evaluation problems held out of its training data."""
+    from powersampling.toy.train import DEFAULT_MODEL_SHAPE, DEFAULT_TRAIN, train_toy_model
+
+    torch.set_num_threads(threads)
+    holdout = set()
+    for path in holdout_paths:
+        holdout.update(pd.read_parquet(path, columns=["question"])["question"])
+    train = {**DEFAULT_TRAIN, **settings.get("train", {})}
+    model_shape = {**DEFAULT_MODEL_SHAPE, **settings.get("model_shape", {})}
+    log(f"training the toy model: shape {model_shape}, training {train}, {len(holdout)} held out")
+    return train_toy_model(
+        out_dir, model_shape=model_shape, train=train, holdout_questions=holdout, seed=seed, log=log
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Generation
+
+
+def generate_shard_file(
+    *,
+    data_path,
+    model_name: str,
+    model: dict[str, Any],
+    model_dir: str | None,
+    task_name: str,
+    task: dict[str, Any],
+    task_seed: int,
+    method_name: str,
+    method: dict[str, Any],
+    seed: int,
+    shard: int,
+    rows: tuple[int, int],
+    generation: dict[str, Any],
+    device: str,
+    threads: int,
+    out_path,
+    log: Log = _no_log,
+) -> pd.DataFrame:
+    """Generate one shard: load the model once, decode all its problems in batches."""
+    from powersampling.generation import generate_shard
+    from powersampling.models import load_model
+
+    torch.set_num_threads(threads)
+    start, stop = rows
+    problems = pd.read_parquet(data_path).iloc[start:stop].reset_index(drop=True)
+    if problems.empty:
+        raise UserError(f"shard {shard} of task {task_name} has no problems (rows {start}-{stop})")
+    source = model_dir or model["source"]
+    log(f"loading model {model_name} from {source}")
+    began = time.perf_counter()
+    lm, tokenizer = load_model(
+        str(source), revision=model.get("revision"), dtype=model.get("dtype", "auto"), device=device
+    )
+    log(f"model loaded on {lm.device} in {time.perf_counter() - began:.1f} s")
+    frame = generate_shard(
+        lm,
+        tokenizer,
+        get_task(task_name, task, seed=task_seed),
+        problems,
+        task_name=task_name,
+        model_name=model_name,
+        method_name=method_name,
+        method=method,
+        seed=seed,
+        shard=shard,
+        batch_size=generation.get("batch_size", 32),
+        chat_template=model.get("chat_template", False),
+        progress=generation.get("progress", True),
+        log=log,
+    )
+    io.write_parquet(frame, out_path, io.GENERATION_SCHEMA)
+    log(f"wrote {len(frame)} rows to {out_path}")
+    return frame
+
+
+# --------------------------------------------------------------------------------------
+# Grading
+
+
+def grade_frame(generations: pd.DataFrame, problems: pd.DataFrame, task) -> pd.DataFrame:
+    """Graded rows: the generation rows plus reference, extracted, correct, compliant, ..."""
+    by_id = problems.set_index("problem_id", drop=False)
+    missing = set(generations["problem_id"]) - set(by_id.index)
+    if missing:
+        raise UserError(f"generations refer to problems not in the task data: {sorted(missing)[:5]}")
+    rows = [by_id.loc[pid].to_dict() for pid in generations["problem_id"]]
+    completions = [c if isinstance(c, str) else "" for c in generations["completion"]]
+    grades = task.grade_many(completions, rows)
+    graded = generations.copy()
+    graded["reference"] = [str(r["answer"]) for r in rows]
+    graded["extracted"] = [g.extracted for g in grades]
+    graded["correct"] = [bool(g.correct) for g in grades]
+    graded["compliant"] = [bool(g.compliant) for g in grades]
+    graded["grader"] = [g.grader for g in grades]
+    graded["error"] = [g.error for g in grades]
+    return graded
+
+
+def grade_shard_file(
+    *,
+    generations_path,
+    data_path,
+    task_name: str,
+    task: dict[str, Any],
+    task_seed: int,
+    out_path,
+    log: Log = _no_log,
+) -> pd.DataFrame:
+    generations = pd.read_parquet(generations_path)
+    graded = grade_frame(
+        generations, pd.read_parquet(data_path), get_task(task_name, task, seed=task_seed)
+    )
+    io.write_parquet(graded, out_path, io.GRADED_SCHEMA)
+    log(
+        f"graded {len(graded)} rows: {graded['correct'].mean():.3f} correct, "
+        f"{graded['extracted'].isna().sum()} extraction failures"
+    )
+    return graded
+
+
+# --------------------------------------------------------------------------------------
+# Metrics and plots
+
+
+def collect_metrics(
+    *,
+    graded_paths: Sequence[str],
+    methods: dict[str, dict],
+    n_boot: int,
+    level: float,
+    seed: int,
+    outputs: dict[str, str],
+    log: Log = _no_log,
+) -> pd.DataFrame:
+    """Write the accuracy, pass@k and acceptance tables (Parquet + CSV, and an HTML table)."""
+    graded = io.read_parquet(list(graded_paths))
+    if graded.empty:
+        raise UserError("no graded rows to collect metrics from")
+    accuracy = metrics.accuracy_table(graded, methods, n_boot=n_boot, level=level, seed=seed)
+    io.write_table(accuracy, outputs["accuracy"])
+    io.write_table(metrics.pass_at_k_table(graded), outputs["pass_at_k"])
+    io.write_table(metrics.acceptance_by_block(graded), outputs["acceptance"])
+    io.write_text_atomic(outputs["accuracy_html"], accuracy_html(accuracy, level))
+    log(f"metrics over {len(graded)} graded rows from {len(graded_paths)} shards")
+    return accuracy
+
+
+def accuracy_html(accuracy: pd.DataFrame, level: float) -> str:
+    """The accuracy table as a small standalone HTML page for the report."""
+    shown = accuracy.copy()
+    pct = f"{level:.0%}"
+    shown[f"accuracy ({pct} CI)"] = [
+        f"{a:.3f} [{lo:.3f}, {hi:.3f}]"
+        for a, lo, hi in zip(shown["accuracy"], shown["ci_low"], shown["ci_high"], strict=True)
+    ]
+    columns = [c for c in ["task", "model", "method", "sampler", "temperature", "alpha"] if c in shown]
+    columns += [f"accuracy ({pct} CI)"]
+    columns += [
+        c
+        for c in [
+            "n_problems",
+            "n_samples",
+            "compliance_rate",
+            "extraction_failure_rate",
+            "mean_new_tokens",
+            "mean_logp",
+            "mean_tokens_decoded",
+            "total_wall_time_s",
+        ]
+        if c in shown
+    ]
+    table = shown[columns].to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0)
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Accuracy</title>"
+        "<style>table{border-collapse:collapse;font-family:sans-serif;font-size:13px}"
+        "th,td{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}"
+        "th{background:#f4f4f4}</style></head><body>"
+        f"<h3>Accuracy by task, model and method ({pct} bootstrap CIs over problems)</h3>"
+        f"{table}</body></html>\n"
+    )
+
+
+_PLOTTERS = {
+    "accuracy_by_method": plots.plot_accuracy_by_method,
+    "accuracy_vs_temperature": plots.plot_accuracy_vs_temperature,
+    "logp_by_method": plots.plot_logp_by_method,
+    "tokens_by_method": plots.plot_tokens_by_method,
+    "acceptance_by_block": plots.plot_acceptance_by_block,
+    "pass_at_k": plots.plot_pass_at_k,
+}
+
+
+def draw_plot(name: str, table_path, out_path) -> None:
+    if name not in _PLOTTERS:
+        raise UserError(f"unknown plot {name!r}; known: {sorted(_PLOTTERS)}")
+    _PLOTTERS[name](pd.read_parquet(table_path), Path(out_path))

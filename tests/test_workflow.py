@@ -1,0 +1,164 @@
+"""The whole DAG on a test-sized toy world, in a temporary copy of the workflow."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from powersampling.io import GENERATION_SCHEMA, GRADED_SCHEMA
+from workflow_helpers import copy_workflow, load_test_config, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+GENERATIONS = "results/generations/arithmetic/toy/{method}/seed{seed}/shard{shard:03d}.parquet"
+RUNS = [("greedy", 0), ("temp_1.0", 0), ("temp_1.0", 1), ("temp_0.5", 0), ("temp_0.5", 1)]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One complete run of the test config; tests below read its outputs."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    config = write_config(workdir, load_test_config())
+    snakemake(workdir, "--configfile", str(config))
+    snakemake(workdir, "--configfile", str(config), "--report", "reports/report.html")
+    return workdir, config
+
+
+def copy_of(finished_run, dest: Path) -> tuple[Path, Path]:
+    """A copy of the finished run (outputs, timestamps and Snakemake's records) to change."""
+    workdir, config = finished_run
+    shutil.copytree(workdir, dest, symlinks=True)
+    return dest, dest / config.relative_to(workdir)
+
+
+def shard_files(workdir: Path, stage: str) -> list[Path]:
+    return sorted((workdir / "results" / stage).rglob("shard*.parquet"))
+
+
+def test_every_shard_is_generated_and_graded(finished_run):
+    workdir, _ = finished_run
+    expected = {
+        GENERATIONS.format(method=m, seed=s, shard=i) for m, s in RUNS for i in range(2)
+    }
+    found = {str(p.relative_to(workdir)) for p in shard_files(workdir, "generations")}
+    assert found == expected
+    assert len(shard_files(workdir, "graded")) == len(expected)
+    for path in shard_files(workdir, "generations"):
+        assert pq.read_schema(path).equals(GENERATION_SCHEMA, check_metadata=False)
+        frame = pd.read_parquet(path)
+        assert len(frame) == 12
+        assert (frame["n_new_tokens"] >= 1).all()
+        assert frame["finish_reason"].isin(["eos", "length"]).all()
+        assert frame["logp_sum"].le(0).all()
+        assert frame["wall_time_s"].gt(0).all()
+    for path in shard_files(workdir, "graded"):
+        assert pq.read_schema(path).equals(GRADED_SCHEMA, check_metadata=False)
+
+
+def test_shards_partition_the_problems(finished_run):
+    workdir, _ = finished_run
+    data = pd.read_parquet(workdir / "data/arithmetic.parquet")
+    assert len(data) == 24
+    for method, seed in RUNS:
+        ids = pd.concat(
+            pd.read_parquet(workdir / GENERATIONS.format(method=method, seed=seed, shard=i))
+            for i in range(2)
+        )["problem_id"]
+        assert sorted(ids) == sorted(data["problem_id"])
+
+
+def test_toy_model_is_a_hugging_face_model_dir(finished_run):
+    workdir, _ = finished_run
+    model_dir = workdir / "results/models/toy"
+    assert (model_dir / "config.json").is_file()
+    assert (model_dir / "model.safetensors").is_file()
+    assert (model_dir / "tokenizer.json").is_file()
+
+
+def test_accuracy_table_has_a_row_per_method_with_cis(finished_run):
+    workdir, _ = finished_run
+    table = pd.read_parquet(workdir / "results/tables/accuracy.parquet")
+    assert sorted(table["method"]) == ["greedy", "temp_0.5", "temp_1.0"]
+    assert (table["ci_low"] <= table["accuracy"]).all()
+    assert (table["accuracy"] <= table["ci_high"]).all()
+    graded = pd.concat(pd.read_parquet(p) for p in shard_files(workdir, "graded"))
+    by_method = graded.groupby("method")["correct"].mean()
+    for _, row in table.iterrows():
+        assert row["accuracy"] == pytest.approx(by_method[row["method"]])
+    csv = pd.read_csv(workdir / "results/tables/accuracy.csv")
+    assert list(csv["method"]) == list(table["method"])
+
+
+def test_report_is_self_contained_and_has_every_figure(finished_run):
+    workdir, _ = finished_run
+    report = (workdir / "reports/report.html").read_text()
+    assert len(report) > 50_000
+    for figure in (workdir / "results/plots").glob("*.svg"):
+        assert figure.stat().st_size > 1000
+        assert figure.name in report
+    assert "accuracy.html" in report
+    # captions are rendered with the config
+    assert "bootstrap" in report
+
+
+def test_rerun_with_nothing_changed_does_nothing(finished_run):
+    workdir, config = finished_run
+    result = snakemake(workdir, "--configfile", str(config), "--dry-run")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_one_method_reruns_only_its_shards(finished_run, tmp_path):
+    workdir, _ = copy_of(finished_run, tmp_path / "changed")
+    before = {p: p.stat().st_mtime_ns for p in shard_files(workdir, "generations")}
+    changed = load_test_config()
+    changed["methods"]["temp_0.5"]["T"] = 0.6
+    config = write_config(workdir, changed, name="changed.yaml")
+    snakemake(workdir, "--configfile", str(config))
+    rerun = {p for p, mtime in before.items() if p.stat().st_mtime_ns != mtime}
+    assert rerun and all("/temp_0.5/" in str(p) for p in rerun)
+    assert len(rerun) == 4  # 2 seeds x 2 shards
+    for path in rerun:
+        assert (pd.read_parquet(path)["temperature"] == 0.6).all()
+
+
+def test_same_config_gives_same_outputs(finished_run, tmp_path):
+    workdir, _ = finished_run
+    again = copy_workflow(tmp_path / "again")
+    config = write_config(again, load_test_config())
+    target = GENERATIONS.format(method="temp_1.0", seed=1, shard=1)
+    snakemake(again, "--configfile", str(config), target)
+    first = pd.read_parquet(workdir / target)
+    second = pd.read_parquet(again / target)
+    assert list(first["completion"]) == list(second["completion"])
+    assert (first["logp_sum"] == second["logp_sum"]).all()
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path / "bad")
+    config = load_test_config()
+    config["methods"]["greedy"]["max_new_tokens"] = 0
+    path = write_config(workdir, config)
+    result = snakemake(workdir, "--configfile", str(path), check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "methods.greedy.max_new_tokens" in output
+    assert "Traceback" not in output
+    assert not (workdir / "results").exists() and not (workdir / "data").exists()
+
+
+def test_prompt_longer_than_context_fails_cleanly(finished_run, tmp_path):
+    workdir, _ = copy_of(finished_run, tmp_path / "too_long")
+    config = load_test_config()
+    config["methods"]["greedy"]["max_new_tokens"] = 100_000
+    path = write_config(workdir, config, name="too_long.yaml")
+    target = GENERATIONS.format(method="greedy", seed=0, shard=0)
+    (workdir / target).unlink()
+    result = snakemake(workdir, "--configfile", str(path), target, check=False)
+    assert result.returncode != 0
+    assert re.search(r"context|max_position_embeddings|too long", result.stdout + result.stderr)
+    assert not (workdir / target).exists()

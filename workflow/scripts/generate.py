@@ -1,0 +1,25 @@
+"""Generate completions for one shard: one model load, batched decoding."""
+
+from powersampling.logs import job_log
+from powersampling.pipeline import generate_shard_file
+
+with job_log(snakemake.log[0]) as log:
+    generate_shard_file(
+        data_path=snakemake.input.data,
+        model_name=snakemake.wildcards.model,
+        model=snakemake.params.model,
+        model_dir=snakemake.input.get("model"),
+        task_name=snakemake.wildcards.task,
+        task=snakemake.params.task,
+        task_seed=snakemake.params.task_seed,
+        method_name=snakemake.wildcards.method,
+        method=snakemake.params.method,
+        seed=int(snakemake.wildcards.seed),
+        shard=int(snakemake.wildcards.shard),
+        rows=snakemake.params.rows,
+        generation=snakemake.params.generation,
+        device=snakemake.params.device,
+        threads=snakemake.threads,
+        out_path=snakemake.output[0],
+        log=log.info,
+    )

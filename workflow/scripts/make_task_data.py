@@ -1,0 +1,12 @@
+"""Write data/{task}.parquet: one row per problem."""
+
+from powersampling.logs import job_log
+from powersampling.pipeline import build_task_data
+
+with job_log(snakemake.log[0]):
+    build_task_data(
+        snakemake.wildcards.task,
+        snakemake.params.task,
+        seed=snakemake.params.seed,
+        out_path=snakemake.output[0],
+    )

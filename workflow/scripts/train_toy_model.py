@@ -1,0 +1,14 @@
+"""Train the toy world's model and save it as a Hugging Face model directory."""
+
+from powersampling.logs import job_log
+from powersampling.pipeline import train_toy
+
+with job_log(snakemake.log[0]) as log:
+    train_toy(
+        snakemake.params.settings,
+        holdout_paths=snakemake.input.holdout,
+        seed=snakemake.params.seed,
+        out_dir=snakemake.output[0],
+        threads=snakemake.threads,
+        log=log.info,
+    )
