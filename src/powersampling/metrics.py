@@ -1,0 +1,231 @@
+"""Metric tables from graded rows (see ``GRADED_SCHEMA`` in :mod:`powersampling.io`).
+
+Each table has one row per (task, model, method) — or per k / block within it — and is
+what the plots and the report read. Accuracy intervals resample problems, not rows,
+because the seeds and chains of one problem share its difficulty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from powersampling.errors import UserError
+from powersampling.seeding import derive_seed
+from powersampling.stats import bootstrap_ci, pass_at_k_array
+
+GROUP = ["task", "model", "method"]
+
+ACCURACY_COLUMNS = [
+    *GROUP,
+    "sampler",
+    "temperature",
+    "alpha",
+    "n_problems",
+    "n_seeds",
+    "n_samples",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "compliance_rate",
+    "extraction_failure_rate",
+    "mean_new_tokens",
+    "mean_logp",
+    "mean_tokens_decoded",
+    "total_wall_time_s",
+    "mean_wall_time_s",
+    "mean_acceptance_rate",
+]
+PASS_AT_K_COLUMNS = [*GROUP, "k", "pass_at_k"]
+ACCEPTANCE_COLUMNS = [*GROUP, "block", "acceptance_rate", "mean_logp"]
+
+
+def _check_graded(graded: pd.DataFrame, required: list[str]) -> None:
+    if not isinstance(graded, pd.DataFrame):
+        raise UserError(f"graded rows must be a pandas DataFrame, got {type(graded).__name__}.")
+    if graded.empty:
+        raise UserError("the graded table is empty: there are no graded rows to aggregate.")
+    missing = [c for c in required if c not in graded.columns]
+    if missing:
+        raise UserError(f"the graded table lacks the column(s) {missing}.")
+
+
+def _correct(rows: pd.DataFrame) -> np.ndarray:
+    """Correctness as 0/1; a row the grader could not decide (null) counts as wrong."""
+    return rows["correct"].fillna(False).astype(bool).to_numpy(dtype=float)
+
+
+def _column(rows: pd.DataFrame, name: str) -> pd.Series:
+    """A numeric column, or all-NaN when the rows do not have it."""
+    if name not in rows.columns:
+        return pd.Series(np.nan, index=rows.index, dtype=float)
+    return pd.to_numeric(rows[name], errors="coerce").astype(float)
+
+
+def _mean(series: pd.Series) -> float:
+    """Mean over non-null values; NaN (without a warning) when there are none."""
+    series = series.dropna()
+    return float(series.mean()) if len(series) else math.nan
+
+
+def _single_value(series: pd.Series):
+    """The one distinct non-null value of a column, or None when there are zero or several."""
+    values = series.dropna().unique()
+    return values[0] if len(values) == 1 else None
+
+
+def _method_fields(method: str, rows: pd.DataFrame, config: Mapping | None) -> dict:
+    """Sampler, temperature and alpha of a method: from its config where given, else the rows."""
+    config = dict(config or {})
+    sampler = config.get("sampler")
+    if sampler is None and "sampler" in rows.columns:
+        sampler = _single_value(rows["sampler"])
+    temperature = config.get("T", config.get("temperature"))
+    if temperature is None and sampler == "greedy":
+        temperature = 0.0
+    if temperature is None:
+        temperature = _single_value(_column(rows, "temperature"))
+    alpha = config.get("alpha")
+    return {
+        "sampler": None if sampler is None else str(sampler),
+        "temperature": math.nan if temperature is None else float(temperature),
+        "alpha": math.nan if alpha is None else float(alpha),
+    }
+
+
+def accuracy_table(
+    graded: pd.DataFrame,
+    methods: Mapping[str, Mapping] | None = None,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per (task, model, method): accuracy with a problem-clustered CI, and costs.
+
+    ``methods`` is the config's ``methods`` section (name → {sampler, T, alpha, ...});
+    a method missing from it takes its sampler and temperature from the rows.
+    ``temperature`` is the config's ``T``, 0 for greedy, else the rows' one temperature
+    (for power sampling, the proposal's); ``alpha`` is the config's, NaN without. Null
+    ``correct`` counts as wrong; ``compliance_rate`` is over rows where compliance is
+    known. ``mean_tokens_decoded`` is the compute spent per sample including MCMC
+    proposals; rows that do not record it (greedy, temperature) spent ``n_new_tokens``.
+    Each group's bootstrap seed is ``derive_seed(seed, task, model, method)``, so a
+    group's interval does not depend on which other groups are in the table.
+    """
+    _check_graded(graded, [*GROUP, "problem_id", "correct"])
+    methods = methods or {}
+    out = []
+    for (task, model, method), rows in graded.groupby(GROUP, sort=True, dropna=False):
+        correct = _correct(rows)
+        accuracy, low, high = bootstrap_ci(
+            correct,
+            rows["problem_id"].astype(str).to_numpy(),
+            n_boot=n_boot,
+            level=level,
+            seed=derive_seed(seed, task, model, method),
+        )
+        compliant = rows["compliant"] if "compliant" in rows.columns else pd.Series(dtype=object)
+        extracted = rows["extracted"] if "extracted" in rows.columns else None
+        new_tokens = _column(rows, "n_new_tokens")
+        wall = _column(rows, "wall_time_s")
+        out.append(
+            {
+                "task": task,
+                "model": model,
+                "method": method,
+                **_method_fields(method, rows, methods.get(method)),
+                "n_problems": rows["problem_id"].nunique(),
+                "n_seeds": rows["seed"].nunique() if "seed" in rows.columns else 1,
+                "n_samples": len(rows),
+                "accuracy": accuracy,
+                "ci_low": low,
+                "ci_high": high,
+                "compliance_rate": _mean(compliant.dropna().astype(float)),
+                "extraction_failure_rate": (
+                    math.nan if extracted is None else float(extracted.isna().mean())
+                ),
+                "mean_new_tokens": _mean(new_tokens),
+                "mean_logp": _mean(_column(rows, "logp_sum")),
+                "mean_tokens_decoded": _mean(_column(rows, "tokens_decoded").fillna(new_tokens)),
+                "total_wall_time_s": float(wall.sum()) if wall.notna().any() else math.nan,
+                "mean_wall_time_s": _mean(wall),
+                "mean_acceptance_rate": _mean(_column(rows, "acceptance_rate")),
+            }
+        )
+    table = pd.DataFrame(out, columns=ACCURACY_COLUMNS)
+    for name in ["n_problems", "n_seeds", "n_samples"]:
+        table[name] = table[name].astype("int64")
+    return table
+
+
+def pass_at_k_table(graded: pd.DataFrame) -> pd.DataFrame:
+    """Unbiased pass@k per (task, model, method), k = 1..n, averaged over problems.
+
+    ``n`` is the number of samples (seeds × chains) of a problem. When problems have
+    different ``n`` (a failed shard), k runs up to the smallest, so every problem
+    contributes to every k.
+    """
+    _check_graded(graded, [*GROUP, "problem_id", "correct"])
+    frame = graded[[*GROUP, "problem_id"]].assign(correct=_correct(graded))
+    per_problem = (
+        frame.groupby([*GROUP, "problem_id"], sort=True, dropna=False)["correct"]
+        .agg(n="size", c="sum")
+        .reset_index()
+    )
+    out = []
+    for (task, model, method), rows in per_problem.groupby(GROUP, sort=True, dropna=False):
+        n = rows["n"].to_numpy()[:, None]  # (problems, 1)
+        c = rows["c"].to_numpy().round().astype(int)[:, None]  # (problems, 1)
+        ks = np.arange(1, int(n.min()) + 1)  # (K,)
+        values = pass_at_k_array(n, c, ks[None, :]).mean(axis=0)  # (K,)
+        out.extend(
+            {"task": task, "model": model, "method": method, "k": int(k), "pass_at_k": float(v)}
+            for k, v in zip(ks, values, strict=True)
+        )
+    table = pd.DataFrame(out, columns=PASS_AT_K_COLUMNS)
+    table["k"] = table["k"].astype("int64")
+    return table
+
+
+def _trace_entries(trace) -> list:
+    """The entries of one row's block_trace (a list, a NumPy array from Parquet, or null)."""
+    if trace is None or (isinstance(trace, float) and math.isnan(trace)):
+        return []
+    return list(trace)
+
+
+def acceptance_by_block(graded: pd.DataFrame) -> pd.DataFrame:
+    """MH acceptance rate and mean log p per block index, from the power-sampling block traces.
+
+    The acceptance rate pools all proposals of a block across rows (accepted / proposals,
+    NaN for a block with no proposals); ``mean_logp`` is the mean log p of the chain's
+    state at the end of the block. No row with a trace gives an empty frame.
+    """
+    _check_graded(graded, GROUP)
+    if "block_trace" not in graded.columns:
+        return pd.DataFrame(columns=ACCEPTANCE_COLUMNS)
+    records = [
+        {"task": task, "model": model, "method": method, **dict(entry)}
+        for task, model, method, trace in zip(
+            graded["task"], graded["model"], graded["method"], graded["block_trace"], strict=True
+        )
+        for entry in _trace_entries(trace)
+    ]
+    if not records:
+        return pd.DataFrame(columns=ACCEPTANCE_COLUMNS)
+    entries = pd.DataFrame(records)
+    missing = [c for c in ["block", "proposals", "accepted", "logp"] if c not in entries.columns]
+    if missing:
+        raise UserError(f"block_trace entries lack the field(s) {missing}.")
+    grouped = entries.groupby([*GROUP, "block"], sort=True, dropna=False)
+    table = grouped.agg(
+        proposals=("proposals", "sum"), accepted=("accepted", "sum"), mean_logp=("logp", "mean")
+    ).reset_index()
+    proposals = table["proposals"].astype(float)
+    table["acceptance_rate"] = table["accepted"].astype(float) / proposals.where(proposals > 0)
+    table["block"] = table["block"].astype("int64")
+    return table[ACCEPTANCE_COLUMNS]

@@ -1,0 +1,252 @@
+"""Report figures drawn from the metric tables (see :mod:`powersampling.metrics`).
+
+Every function takes a table and an output path, writes the figure atomically in the
+format named by the path's suffix (``.svg``, ``.png`` or ``.pdf``) and returns nothing.
+Figures are built as bare :class:`matplotlib.figure.Figure` objects on the headless Agg
+canvas, never through pyplot, so they work on display-less cluster nodes, no global
+figure state or style is touched, and nothing is left open.
+An empty table gives a figure that says so instead of an error, so the report still
+renders when, say, a config has no power-sampling methods.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from powersampling.errors import UserError
+from powersampling.io import write_atomic
+
+FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
+PANEL_WIDTH, PANEL_HEIGHT = 4.8, 3.6
+_PLAIN = FuncFormatter(lambda value, _: f"{value:g}")  # 400 rather than 4×10², on log axes
+
+
+def _format(path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(f"cannot tell a figure format from {str(path)!r}: use .svg, .png or .pdf.")
+    return FORMATS[suffix]
+
+
+def _check_columns(table: pd.DataFrame, required: list[str], what: str) -> None:
+    if not isinstance(table, pd.DataFrame):
+        raise UserError(f"{what} must be a pandas DataFrame, got {type(table).__name__}.")
+    missing = [c for c in required if c not in table.columns]
+    if missing and not table.empty:
+        raise UserError(f"{what} lacks the column(s) {missing}.")
+
+
+# SVG text stays text (searchable, small) and ids are salted by a constant, so the same
+# table gives byte-identical figures.
+_SAVE_RC = {"svg.fonttype": "none", "svg.hashsalt": "powersampling"}
+
+
+def _save(fig: Figure, path) -> None:
+    """Write ``fig`` atomically in the format of ``path``'s suffix."""
+    fmt = _format(path)
+    FigureCanvasAgg(fig)  # attach a canvas so savefig works without pyplot
+    metadata = {"Date": None} if fmt in ("svg", "pdf") else None
+
+    def writer(tmp):
+        with matplotlib.rc_context(_SAVE_RC):
+            fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata=metadata)
+
+    write_atomic(path, writer)
+    fig.clear()
+
+
+def _message_figure(path, message: str) -> None:
+    fig = Figure(figsize=(PANEL_WIDTH, 1.6))
+    ax = fig.add_subplot()
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12)
+    _save(fig, path)
+
+
+def _panels(n: int, sharey: bool = True) -> tuple[Figure, list]:
+    """A figure with ``n`` panels in rows of at most three."""
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(PANEL_WIDTH * ncols, PANEL_HEIGHT * nrows), layout="constrained")
+    with sns.axes_style("whitegrid"):  # applies to axes created here, leaves rcParams alone
+        axes = fig.subplots(nrows, ncols, sharey=sharey, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+def _legend(fig: Figure, axes: list, title: str | None = None) -> None:
+    """One legend for all panels, outside them on the right, each label once."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(
+            entries.values(),
+            entries.keys(),
+            loc="outside right upper",
+            title=title,
+            fontsize="small",
+        )
+
+
+def _palette(names) -> dict:
+    names = list(dict.fromkeys(names))
+    return dict(zip(names, sns.color_palette("colorblind", len(names)), strict=True))
+
+
+def _grouped_bars(
+    table: pd.DataFrame, value: str, ylabel: str, path, *, errors=None, log=False, sharey=False
+):
+    """Bars of ``value`` per method, one panel per task, colour by model (with optional CIs)."""
+    tasks = sorted(table["task"].unique())
+    colours = _palette(sorted(table["model"].unique()))
+    fig, axes = _panels(len(tasks), sharey=sharey)  # log p and tokens differ in scale by task
+    for ax, task in zip(axes, tasks, strict=True):
+        rows = table[table["task"] == task]
+        methods = list(dict.fromkeys(rows["method"]))
+        width = 0.8 / len(colours)
+        for m, (model, colour) in enumerate(colours.items()):
+            sub = rows[rows["model"] == model].set_index("method").reindex(methods)
+            x = np.arange(len(methods)) + (m - (len(colours) - 1) / 2) * width
+            y = sub[value].to_numpy(dtype=float)
+            yerr = None
+            if errors is not None:
+                low, high = (sub[c].to_numpy(dtype=float) for c in errors)
+                yerr = np.vstack([y - low, high - y]).clip(min=0)
+            ax.bar(x, y, width, yerr=yerr, capsize=3, color=colour, label=model)
+        ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right")
+        ax.set_title(task)
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(_PLAIN)
+            ax.yaxis.set_minor_formatter(NullFormatter())
+    _legend(fig, axes, "model")
+    _save(fig, path)
+
+
+def plot_accuracy_by_method(table: pd.DataFrame, path) -> None:
+    """Accuracy per method with bootstrap CI error bars; one panel per task, colour by model."""
+    _check_columns(table, ["task", "model", "method", "accuracy", "ci_low", "ci_high"], "table")
+    if table.empty:
+        return _message_figure(path, "no accuracy results")
+    _grouped_bars(table, "accuracy", "accuracy", path, errors=("ci_low", "ci_high"), sharey=True)
+
+
+def plot_logp_by_method(table: pd.DataFrame, path) -> None:
+    """Mean log p (base model, T=1) of the answers per method: how far each sampler sharpens."""
+    _check_columns(table, ["task", "model", "method", "mean_logp"], "table")
+    if table.empty:
+        return _message_figure(path, "no log-probability results")
+    _grouped_bars(table, "mean_logp", "mean log p(answer)", path)
+
+
+def plot_tokens_by_method(table: pd.DataFrame, path) -> None:
+    """Tokens decoded per sample (MCMC proposals included): the compute price of each method."""
+    _check_columns(table, ["task", "model", "method", "mean_tokens_decoded"], "table")
+    if table.empty:
+        return _message_figure(path, "no token counts")
+    _grouped_bars(table, "mean_tokens_decoded", "tokens decoded per sample", path, log=True)
+
+
+def plot_accuracy_vs_temperature(table: pd.DataFrame, path) -> None:
+    """Accuracy against sampling temperature, with greedy at T=0 and power methods as lines.
+
+    Temperature-sampler rows form a line with a CI band per model; greedy is a point at
+    T=0; every other sampler (power, dps) is a dashed horizontal line labelled with its
+    alpha, in the model's colour.
+    """
+    columns = ["task", "model", "method", "sampler", "temperature", "alpha", "accuracy"]
+    _check_columns(table, [*columns, "ci_low", "ci_high"], "table")
+    if table.empty:
+        return _message_figure(path, "no accuracy results")
+    tasks = sorted(table["task"].unique())
+    colours = _palette(sorted(table["model"].unique()))
+    fig, axes = _panels(len(tasks))
+    styles = ["--", ":", "-.", (0, (5, 1)), (0, (1, 3))]
+    for ax, task in zip(axes, tasks, strict=True):
+        rows = table[table["task"] == task]
+        for model, colour in colours.items():
+            sub = rows[rows["model"] == model]
+            temp = sub[sub["sampler"] == "temperature"].sort_values("temperature")
+            if len(temp):
+                t = temp["temperature"].to_numpy(dtype=float)
+                ax.plot(t, temp["accuracy"], "o-", color=colour, label=f"{model}: temperature")
+                ax.fill_between(t, temp["ci_low"], temp["ci_high"], color=colour, alpha=0.2)
+            for _, row in sub[sub["sampler"] == "greedy"].iterrows():
+                yerr = [[row.accuracy - row.ci_low], [row.ci_high - row.accuracy]]
+                ax.errorbar(
+                    0.0,
+                    row.accuracy,
+                    yerr=np.clip(yerr, 0, None),
+                    fmt="s",
+                    color=colour,
+                    capsize=3,
+                    label=f"{model}: greedy",
+                )
+            others = sub[~sub["sampler"].isin(["temperature", "greedy"])]
+            for i, (_, row) in enumerate(others.iterrows()):
+                alpha = "" if pd.isna(row.alpha) else f", α={row.alpha:g}"
+                ax.axhline(
+                    row.accuracy,
+                    color=colour,
+                    linestyle=styles[i % len(styles)],
+                    label=f"{model}: {row.method}{alpha}",
+                )
+        ax.set_title(task)
+        ax.set_xlabel("temperature")
+        ax.set_ylabel("accuracy")
+    _legend(fig, axes)
+    _save(fig, path)
+
+
+def plot_acceptance_by_block(acc_table: pd.DataFrame, path) -> None:
+    """Metropolis–Hastings acceptance rate against block index, one line per (model, method)."""
+    _check_columns(acc_table, ["task", "model", "method", "block", "acceptance_rate"], "acc_table")
+    if acc_table.empty:
+        return _message_figure(path, "no power-sampling runs")
+    _lines(acc_table, "block", "acceptance_rate", "block", "MH acceptance rate", path)
+
+
+def plot_pass_at_k(passk_table: pd.DataFrame, path) -> None:
+    """Unbiased pass@k against k, one line per (model, method), one panel per task."""
+    _check_columns(passk_table, ["task", "model", "method", "k", "pass_at_k"], "passk_table")
+    if passk_table.empty:
+        return _message_figure(path, "no pass@k results")
+    log_x = passk_table["k"].max() >= 8
+    _lines(passk_table, "k", "pass_at_k", "k", "pass@k", path, log_x=log_x)
+
+
+def _lines(table, x, y, xlabel, ylabel, path, *, log_x=False) -> None:
+    """One line per (model, method), one panel per task."""
+    table = table.assign(line=table["model"].astype(str) + " / " + table["method"].astype(str))
+    tasks = sorted(table["task"].unique())
+    colours = _palette(sorted(table["line"].unique()))
+    fig, axes = _panels(len(tasks))
+    for ax, task in zip(axes, tasks, strict=True):
+        rows = table[table["task"] == task]
+        for line, sub in rows.groupby("line", sort=True):
+            sub = sub.sort_values(x)
+            ax.plot(sub[x], sub[y], "o-", markersize=3, color=colours[line], label=line)
+        if log_x:
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(_PLAIN)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks and k are counts
+        ax.set_title(task)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    _legend(fig, axes, "model / method")
+    _save(fig, path)

@@ -1,0 +1,137 @@
+"""Every figure writes a valid, non-empty SVG or PNG, also from empty tables."""
+
+import xml.etree.ElementTree as ET
+
+import pandas as pd
+import pytest
+
+from powersampling import plots
+from powersampling.errors import UserError
+from powersampling.metrics import (
+    ACCEPTANCE_COLUMNS,
+    ACCURACY_COLUMNS,
+    PASS_AT_K_COLUMNS,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def accuracy_rows() -> pd.DataFrame:
+    rows = []
+    for task in ["synthetic", "math500"]:
+        for model in ["toy", "toy_trunc"]:
+            for method, sampler, t, alpha in [
+                ("greedy", "greedy", 0.0, None),
+                ("temp_0.5", "temperature", 0.5, None),
+                ("temp_1.0", "temperature", 1.0, None),
+                ("power_a4", "power", 0.25, 4.0),
+                ("power_a2", "power", 0.5, 2.0),
+            ]:
+                acc = 0.3 + 0.1 * t + (0.2 if sampler == "power" else 0)
+                rows.append(
+                    {
+                        "task": task,
+                        "model": model,
+                        "method": method,
+                        "sampler": sampler,
+                        "temperature": t,
+                        "alpha": alpha,
+                        "accuracy": acc,
+                        "ci_low": acc - 0.05,
+                        "ci_high": acc + 0.05,
+                        "mean_logp": -10 * (1 + t),
+                        "mean_tokens_decoded": 400.0 if sampler == "power" else 40.0,
+                    }
+                )
+    return pd.DataFrame(rows).astype({"alpha": float})
+
+
+def acceptance_rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"task": "synthetic", "model": "toy", "method": m, "block": b,
+             "acceptance_rate": 0.5 / (b + 1), "mean_logp": -float(b)}
+            for m in ["power_a2", "power_a4"]
+            for b in range(4)
+        ]
+    )  # fmt: skip
+
+
+def passk_rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"task": "synthetic", "model": "toy", "method": m, "k": k,
+             "pass_at_k": 1 - 0.7**k}
+            for m in ["greedy", "temp_1.0"]
+            for k in range(1, 17)
+        ]
+    )  # fmt: skip
+
+
+CASES = [
+    (plots.plot_accuracy_by_method, accuracy_rows, ACCURACY_COLUMNS),
+    (plots.plot_accuracy_vs_temperature, accuracy_rows, ACCURACY_COLUMNS),
+    (plots.plot_logp_by_method, accuracy_rows, ACCURACY_COLUMNS),
+    (plots.plot_tokens_by_method, accuracy_rows, ACCURACY_COLUMNS),
+    (plots.plot_acceptance_by_block, acceptance_rows, ACCEPTANCE_COLUMNS),
+    (plots.plot_pass_at_k, passk_rows, PASS_AT_K_COLUMNS),
+]
+IDS = [case[0].__name__ for case in CASES]
+
+
+def assert_valid(path):
+    data = path.read_bytes()
+    assert len(data) > 0
+    if path.suffix == ".png":
+        assert data.startswith(PNG_MAGIC)
+    else:
+        root = ET.fromstring(data)
+        assert root.tag.endswith("svg")
+    # Written atomically: no temporary file is left beside the figure.
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".png"])
+@pytest.mark.parametrize(("plot", "make", "columns"), CASES, ids=IDS)
+def test_plot_writes_a_valid_file(tmp_path, plot, make, columns, suffix):
+    path = tmp_path / f"figure{suffix}"
+    assert plot(make(), path) is None
+    assert_valid(path)
+
+
+@pytest.mark.parametrize(("plot", "make", "columns"), CASES, ids=IDS)
+def test_plot_of_an_empty_table_says_so(tmp_path, plot, make, columns):
+    path = tmp_path / "empty.svg"
+    plot(pd.DataFrame(columns=columns), path)
+    assert_valid(path)
+    text = "".join(ET.fromstring(path.read_bytes()).itertext())
+    assert "no " in text
+
+
+def test_empty_acceptance_table_names_power_sampling(tmp_path):
+    path = tmp_path / "acc.svg"
+    plots.plot_acceptance_by_block(pd.DataFrame(columns=ACCEPTANCE_COLUMNS), path)
+    assert "no power-sampling runs" in "".join(ET.fromstring(path.read_bytes()).itertext())
+
+
+def test_temperature_plot_without_temperature_rows(tmp_path):
+    table = accuracy_rows()
+    path = tmp_path / "t.svg"
+    plots.plot_accuracy_vs_temperature(table[table.sampler != "temperature"], path)
+    text = "".join(ET.fromstring(path.read_bytes()).itertext())
+    assert "α=4" in text and "greedy" in text
+
+
+def test_unknown_format_and_missing_columns_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="format"):
+        plots.plot_accuracy_by_method(accuracy_rows(), tmp_path / "figure.jpeg")
+    with pytest.raises(UserError, match="ci_low"):
+        plots.plot_accuracy_by_method(accuracy_rows().drop(columns="ci_low"), tmp_path / "f.svg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_same_table_gives_identical_svg(tmp_path):
+    first, second = tmp_path / "a" / "f.svg", tmp_path / "b" / "f.svg"
+    plots.plot_accuracy_vs_temperature(accuracy_rows(), first)
+    plots.plot_accuracy_vs_temperature(accuracy_rows(), second)
+    assert first.read_bytes() == second.read_bytes()
