@@ -42,9 +42,7 @@ def shard_files(workdir: Path, stage: str) -> list[Path]:
 
 def test_every_shard_is_generated_and_graded(finished_run):
     workdir, _ = finished_run
-    expected = {
-        GENERATIONS.format(method=m, seed=s, shard=i) for m, s in RUNS for i in range(2)
-    }
+    expected = {GENERATIONS.format(method=m, seed=s, shard=i) for m, s in RUNS for i in range(2)}
     found = {str(p.relative_to(workdir)) for p in shard_files(workdir, "generations")}
     assert found == expected
     assert len(shard_files(workdir, "graded")) == len(expected)

@@ -164,7 +164,8 @@ def shard_rows(config: dict[str, Any], task: str, shard: int) -> tuple[int, int]
     start = shard * shard_size
     if not 0 <= start < size:
         raise UserError(
-            f"shard {shard} of task {task} has no problems ({size} problems, {shard_size} per shard)"
+            f"shard {shard} of task {task} has no problems "
+            f"({size} problems, {shard_size} per shard)"
         )
     return start, min(start + shard_size, size)
 

@@ -147,7 +147,9 @@ def grade_frame(generations: pd.DataFrame, problems: pd.DataFrame, task) -> pd.D
     by_id = problems.set_index("problem_id", drop=False)
     missing = set(generations["problem_id"]) - set(by_id.index)
     if missing:
-        raise UserError(f"generations refer to problems not in the task data: {sorted(missing)[:5]}")
+        raise UserError(
+            f"generations refer to problems not in the task data: {sorted(missing)[:5]}"
+        )
     rows = [by_id.loc[pid].to_dict() for pid in generations["problem_id"]]
     completions = [c if isinstance(c, str) else "" for c in generations["completion"]]
     grades = task.grade_many(completions, rows)
@@ -218,7 +220,9 @@ def accuracy_html(accuracy: pd.DataFrame, level: float) -> str:
         f"{a:.3f} [{lo:.3f}, {hi:.3f}]"
         for a, lo, hi in zip(shown["accuracy"], shown["ci_low"], shown["ci_high"], strict=True)
     ]
-    columns = [c for c in ["task", "model", "method", "sampler", "temperature", "alpha"] if c in shown]
+    columns = [
+        c for c in ["task", "model", "method", "sampler", "temperature", "alpha"] if c in shown
+    ]
     columns += [f"accuracy ({pct} CI)"]
     columns += [
         c

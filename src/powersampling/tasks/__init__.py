@@ -90,4 +90,11 @@ def get_task(name: str, config: dict[str, Any], seed: int = 0) -> Task:
 
 def _import_builtin_tasks() -> None:
     # Imported lazily so that importing this module stays cheap and cycle-free.
-    from powersampling.tasks import synthetic  # noqa: F401
+    from powersampling.tasks import (  # noqa: F401
+        alpaca,
+        gpqa,
+        gsm8k,
+        humaneval,
+        math500,
+        synthetic,
+    )
