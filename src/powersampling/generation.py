@@ -1,0 +1,152 @@
+"""Generate completions for one shard of a task with one model and one method.
+
+:func:`generate_shard` is what a generation job runs: prompts → token ids → batched sampling
+→ one row per problem in the layout of :data:`powersampling.io.GENERATION_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from powersampling.engine import DecodingEngine
+from powersampling.errors import UserError
+from powersampling.io import GENERATION_SCHEMA
+from powersampling.samplers import get_sampler
+from powersampling.seeding import derive_seed, torch_generator
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a completion: the tokenizer's EOS and the generation config's."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_config = getattr(model, "generation_config", None)
+    extra = getattr(gen_config, "eos_token_id", None)
+    if extra is not None:
+        ids.update(int(t) for t in ([extra] if isinstance(extra, int) else extra))
+    return sorted(ids)
+
+
+def _emit(log, message: str) -> None:
+    if log is None:
+        return
+    if hasattr(log, "info"):
+        log.info(message)
+    else:
+        log(message)
+
+
+def generate_shard(
+    model,
+    tokenizer,
+    task,
+    problems: pd.DataFrame,
+    *,
+    task_name: str,
+    model_name: str,
+    method_name: str,
+    method: dict[str, Any],
+    seed: int,
+    shard: int,
+    batch_size: int = 32,
+    chat_template: bool = False,
+    progress: bool = True,
+    log=None,
+) -> pd.DataFrame:
+    """One completion per problem of the shard, as a frame with the generation schema's columns.
+
+    Prompts are ``task.prompt(row, tokenizer, chat_template)`` tokenised without adding special
+    tokens (a chat template already contains its own). Problems run in batches of
+    ``batch_size`` prompts through one :class:`DecodingEngine`.
+
+    Randomness: one ``torch.Generator`` on the model's device, seeded with
+    ``derive_seed(seed, task_name, model_name, method_name, shard)``, feeds every batch in
+    turn. The same arguments give the same completions on CPU; changing ``batch_size`` changes
+    which draws each problem gets (the stream is shared by the batch).
+
+    ``log`` is a ``logging.Logger`` or any callable taking a string (one line per batch).
+    """
+    if len(problems) == 0:
+        raise UserError(f"shard {shard} of task {task_name} has no problems")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1 (got {batch_size})")
+    sampler_name = method.get("sampler") if isinstance(method, dict) else None
+
+    rows = problems.to_dict("records")
+    prompts = [task.prompt(row, tokenizer, chat_template) for row in rows]
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+    eos = eos_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
+    engine = DecodingEngine(model, eos_token_ids=eos, pad_token_id=pad)
+    sampler = get_sampler(method, engine)  # validates the method's parameters
+
+    # Check every prompt before any work, so a bad problem fails fast and by name.
+    context = engine.max_positions
+    budget = method.get("max_new_tokens", 0)
+    for row, ids in zip(rows, prompt_ids, strict=True):
+        if not ids:
+            raise UserError(f"problem {row['problem_id']} of task {task_name}: the prompt is empty")
+        if context is not None and len(ids) + budget > context:
+            raise UserError(
+                f"problem {row['problem_id']} of task {task_name}: prompt of {len(ids)} tokens + "
+                f"max_new_tokens {budget} exceeds {model_name}'s context of {context} tokens"
+            )
+
+    generator = torch_generator(
+        derive_seed(seed, task_name, model_name, method_name, shard), device=engine.device
+    )
+    records: list[dict] = []
+    desc = f"{task_name}/{model_name}/{method_name} shard {shard}"
+    with tqdm(total=len(rows), desc=desc, file=sys.stderr, disable=not progress) as bar:
+        for start in range(0, len(rows), batch_size):
+            batch = prompt_ids[start : start + batch_size]
+            t0 = time.perf_counter()
+            results = sampler.sample(batch, generator)
+            elapsed = time.perf_counter() - t0
+            # Rows of a batch run together, so the batch's wall time is split evenly over them.
+            for res in results:
+                res["wall_time_s"] = elapsed / len(batch)
+            records.extend(results)
+            bar.update(len(batch))
+            done = start + len(batch)
+            _emit(
+                log, f"{desc}: {done}/{len(rows)} problems, batch of {len(batch)} in {elapsed:.2f}s"
+            )
+
+    frame = pd.DataFrame.from_records(records)
+    frame.insert(0, "task", task_name)
+    frame["problem_id"] = [str(row["problem_id"]) for row in rows]
+    frame["model"] = model_name
+    frame["method"] = method_name
+    frame["sampler"] = sampler_name
+    frame["seed"] = seed
+    frame["shard"] = shard
+    frame["chain"] = 0
+    frame["prompt"] = prompts
+    frame["completion"] = [
+        tokenizer.decode(ids, skip_special_tokens=True) for ids in frame["completion_ids"]
+    ]
+    frame["n_prompt_tokens"] = [len(ids) for ids in prompt_ids]
+    return _with_schema_dtypes(frame)
+
+
+def _with_schema_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Exactly the schema's columns, in order, with pandas dtypes matching its Arrow types."""
+    frame = frame[GENERATION_SCHEMA.names].copy()
+    for name in ["seed", "tokens_decoded", "tokens_prefilled"]:
+        frame[name] = frame[name].astype("int64")
+    for name in ["shard", "chain", "n_prompt_tokens", "n_new_tokens"]:
+        frame[name] = frame[name].astype("int32")
+    for name in ["logp_sum", "mean_entropy", "perplexity", "self_confidence", "temperature"]:
+        frame[name] = frame[name].astype("float64")
+    frame["wall_time_s"] = frame["wall_time_s"].astype("float64")
+    # Power-sampling columns: nullable for samplers that leave them empty.
+    frame["acceptance_rate"] = pd.array(frame["acceptance_rate"], dtype="Float64")
+    frame["proposals"] = pd.array(frame["proposals"], dtype="Int32")
+    return frame

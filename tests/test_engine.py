@@ -1,0 +1,307 @@
+"""The batched KV-cached decoding engine against plain teacher-forced forward passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers_models import EOS_ID, PAD_ID, VOCAB_SIZE, full_logits, one_torch_thread, tiny_model  # noqa: F401
+from scipy import stats
+
+from powersampling.engine import DecodingEngine, log_q
+from powersampling.errors import UserError
+
+# Prefixes of different lengths, so a batch of them needs left padding.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+PREFIXES = [[3, 4, 5, 6, 7, 8, 9], [10], [11, 12, 3], [4, 4, 4, 4, 4, 13, 14, 15, 3, 5], [6, 7]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=0)
+
+
+def engine_for(model, eos=(), max_batch_size=None):
+    return DecodingEngine(model, list(eos), PAD_ID, max_batch_size=max_batch_size)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def record_forwards(model):
+    """Record (batch size, mask width) of every forward call; returns (calls, hook handle)."""
+    calls = []
+
+    def hook(module, args, kwargs):
+        ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+        calls.append((ids.shape[0], ids.shape[1], mask.shape[1]))
+
+    return calls, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_greedy_is_argmax_of_teacher_forced_forward(model):
+    ext = engine_for(model).extend(PREFIXES, 12, greedy=True)
+    for prefix, tokens, logp, ent, top1, lq in zip(
+        PREFIXES, ext.tokens, ext.logp, ext.entropy, ext.top1, ext.logq, strict=True
+    ):
+        assert len(tokens) == 12
+        logits = full_logits(model, prefix + tokens)[len(prefix) - 1 : -1]  # predicts tokens
+        ref = torch.log_softmax(logits, -1).double()
+        # The choices are separated by far more than float32 rounding (~1e-6), so exact
+        # agreement is the right test.
+        top2 = ref.topk(2, -1).values
+        assert (top2[:, 0] - top2[:, 1]).min() > 1e-5
+        assert tokens == ref.argmax(-1).tolist()
+        ref_logp = ref.gather(1, torch.tensor(tokens)[:, None])[:, 0]
+        torch.testing.assert_close(logp, ref_logp, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ent, -(ref.exp() * ref).sum(-1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(top1, ref.exp().max(-1).values, atol=1e-6, rtol=1e-5)
+        assert torch.all(lq == 0)
+    assert ext.finish_reason == ["length"] * len(PREFIXES)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.7, None), (1.6, 4)])
+def test_sampled_log_probs_match_teacher_forcing(model, temperature, top_k):
+    engine = engine_for(model)
+    ext = engine.extend(PREFIXES, 10, temperature=temperature, top_k=top_k, generator=gen(1))
+    score_p, score_q = engine.score(PREFIXES, ext.tokens, temperature=temperature, top_k=top_k)
+    for i, prefix in enumerate(PREFIXES):
+        tokens = torch.tensor(ext.tokens[i])[:, None]
+        logits = full_logits(model, prefix + ext.tokens[i])[len(prefix) - 1 : -1]
+        ref_p = torch.log_softmax(logits, -1).gather(1, tokens)[:, 0].double()
+        z = logits / temperature
+        if top_k is not None:  # independent top-k: keep the k largest (no ties here)
+            z = torch.full_like(z, float("-inf")).scatter(
+                1, z.topk(top_k, -1).indices, z.topk(top_k, -1).values
+            )
+        ref_q = torch.log_softmax(z, -1).gather(1, tokens)[:, 0].double()
+        for got in (ext.logp[i], score_p[i]):
+            torch.testing.assert_close(got, ref_p, atol=1e-5, rtol=1e-5)
+        for got in (ext.logq[i], score_q[i]):
+            torch.testing.assert_close(got, ref_q, atol=1e-5, rtol=1e-5)
+        if temperature == 1.0 and top_k is None:
+            assert torch.equal(ext.logq[i], ext.logp[i])
+        else:
+            assert not torch.allclose(ext.logq[i], ext.logp[i])
+
+
+def test_top_k_never_leaves_the_top_k(model):
+    prefix = [3, 4, 5]
+    logits = full_logits(model, prefix)[-1]
+    allowed = set(logits.topk(3).indices.tolist())
+    ext = engine_for(model).extend([prefix] * 500, 1, temperature=2.0, top_k=3, generator=gen(2))
+    drawn = {t[0] for t in ext.tokens}
+    assert drawn <= allowed and len(drawn) == 3
+
+
+def chi_square_p(counts: np.ndarray, probs: np.ndarray) -> float:
+    """Goodness-of-fit p-value, pooling cells whose expected count is below 5 into one."""
+    expected = probs * counts.sum()
+    small = expected < 5
+    obs = np.append(counts[~small], counts[small].sum())
+    exp = np.append(expected[~small], expected[small].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    return float(stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue)
+
+
+def spread_prefix(model, temperature: float) -> list[int]:
+    """The two-token prefix whose next-token distribution at ``temperature`` has the most
+    entropy, so that a goodness-of-fit test checks many cells, not one dominant token."""
+
+    def entropy(prefix):
+        p = torch.softmax(full_logits(model, prefix)[-1] / temperature, -1)
+        return float(-(p * p.log()).sum())
+
+    return max(([a, b] for a in range(3, VOCAB_SIZE) for b in range(3, VOCAB_SIZE)), key=entropy)
+
+
+def test_temperature_sampling_frequencies_match_softmax_over_t(model):
+    # False-alarm rate 1e-3 (fixed seed, so the outcome is deterministic); the same draws must
+    # reject the T=1 distribution at the same level, which shows the test has power.
+    T, n = 0.5, 6000
+    prefix = spread_prefix(model, T)
+    logits = full_logits(model, prefix)[-1].double()
+    ext = engine_for(model).extend([prefix] * n, 1, temperature=T, generator=gen(3))
+    counts = np.bincount([t[0] for t in ext.tokens], minlength=VOCAB_SIZE)
+    assert (counts >= 5).sum() >= 5  # a real multi-cell test
+    assert chi_square_p(counts, torch.softmax(logits / T, -1).numpy()) > 1e-3
+    assert chi_square_p(counts, torch.softmax(logits, -1).numpy()) < 1e-3
+
+
+def test_second_token_frequencies_match_softmax_over_t(model):
+    # Same test one step later, through the KV cache, conditioned on the most common first token.
+    T, n = 1.5, 8000
+    prefix = spread_prefix(model, T)
+    ext = engine_for(model).extend([prefix] * n, 2, temperature=T, generator=gen(4))
+    first = np.array([t[0] for t in ext.tokens])
+    mode = int(np.bincount(first).argmax())
+    seconds = np.array([t[1] for t in ext.tokens])[first == mode]
+    counts = np.bincount(seconds, minlength=VOCAB_SIZE)
+    logits = full_logits(model, prefix + [mode])[-1].double()
+    assert (counts >= 5).sum() >= 5
+    assert chi_square_p(counts, torch.softmax(logits / T, -1).numpy()) > 1e-3
+    assert chi_square_p(counts, torch.softmax(logits, -1).numpy()) < 1e-3
+
+
+def test_batched_rows_equal_unbatched_rows(model):
+    engine = engine_for(model)
+    batched = engine.extend(PREFIXES, 15, greedy=True)
+    for i, prefix in enumerate(PREFIXES):
+        alone = engine.extend([prefix], 15, greedy=True)
+        assert alone.tokens[0] == batched.tokens[i]
+        torch.testing.assert_close(alone.logp[0], batched.logp[i], atol=1e-5, rtol=1e-5)
+
+
+def test_per_row_budgets(model):
+    budgets = [0, 3, 7, 1, 5]
+    ext = engine_for(model).extend(PREFIXES, budgets, temperature=1.0, generator=gen(5))
+    assert [len(t) for t in ext.tokens] == budgets
+    assert [len(x) for x in ext.logp] == budgets and [len(x) for x in ext.top1] == budgets
+    assert ext.finish_reason == ["length"] * 5
+    assert ext.n_decoded == sum(budgets)
+    assert ext.n_prefilled == sum(len(p) for p, b in zip(PREFIXES, budgets, strict=True) if b)
+    nothing = engine_for(model).extend(PREFIXES[:2], 0)
+    assert nothing.tokens == [[], []] and nothing.n_prefilled == 0 and nothing.n_decoded == 0
+
+
+def test_eos_ends_a_row_and_is_kept(model):
+    free = engine_for(model).extend(PREFIXES, 12, greedy=True)
+    # Take a token that row 0 emits at step 4 (and not before) as the EOS token.
+    eos = free.tokens[0][3]
+    first = free.tokens[0].index(eos)
+    ext = engine_for(model, eos=[eos]).extend(PREFIXES, 12, greedy=True)
+    for i in range(len(PREFIXES)):
+        if eos in free.tokens[i]:
+            stop = free.tokens[i].index(eos) + 1
+            assert ext.tokens[i] == free.tokens[i][:stop] and ext.finish_reason[i] == "eos"
+        else:
+            assert ext.tokens[i] == free.tokens[i] and ext.finish_reason[i] == "length"
+    assert ext.tokens[0][-1] == eos and len(ext.tokens[0]) == first + 1
+    assert ext.n_decoded == sum(len(t) for t in ext.tokens) < free.n_decoded
+
+
+def test_finished_rows_leave_the_batch(model):
+    engine = engine_for(model)
+    calls, handle = record_forwards(model)
+    try:
+        ext = engine.extend(
+            [[3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [5, 6], [7]], [1, 3, 5], greedy=True
+        )
+    finally:
+        handle.remove()
+    # Prefill all three; then rows leave after 1 and 3 tokens. The last token is never fed.
+    assert [c[0] for c in calls] == [3, 2, 2, 1, 1]
+    assert [c[1] for c in calls] == [10, 1, 1, 1, 1]
+    # Once the 10-token row is gone, its left padding is cut from the cache: the mask spans
+    # only the longest remaining row (2 prompt tokens, then 1 more per fed token).
+    assert [c[2] for c in calls] == [10, 3, 4, 4, 5]
+    for i, (prefix, n) in enumerate(
+        [([3, 4, 5, 6, 7, 8, 9, 10, 11, 12], 1), ([5, 6], 3), ([7], 5)]
+    ):
+        alone = engine.extend([prefix], n, greedy=True)
+        assert alone.tokens[0] == ext.tokens[i]
+        torch.testing.assert_close(alone.logp[0], ext.logp[i], atol=1e-5, rtol=1e-5)
+
+
+def test_chunking_by_max_batch_size(model):
+    whole = engine_for(model).extend(PREFIXES, 6, greedy=True)
+    calls, handle = record_forwards(model)
+    try:
+        chunked = engine_for(model, max_batch_size=2).extend(PREFIXES, 6, greedy=True)
+    finally:
+        handle.remove()
+    assert max(c[0] for c in calls) == 2
+    assert sum(1 for c in calls if c[1] > 1 or c[2] == c[1]) == 3  # three prefills: 2 + 2 + 1
+    assert chunked.tokens == whole.tokens
+    assert (chunked.n_prefilled, chunked.n_decoded) == (whole.n_prefilled, whole.n_decoded)
+    for a, b in zip(chunked.logp, whole.logp, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_same_seed_same_tokens(model):
+    engine = engine_for(model, eos=[EOS_ID])
+    a = engine.extend(PREFIXES, 10, temperature=1.2, generator=gen(7))
+    b = engine.extend(PREFIXES, 10, temperature=1.2, generator=gen(7))
+    c = engine.extend(PREFIXES, 10, temperature=1.2, generator=gen(8))
+    assert a.tokens == b.tokens and a.finish_reason == b.finish_reason
+    assert all(torch.equal(x, y) for x, y in zip(a.logq, b.logq, strict=True))
+    assert a.tokens != c.tokens
+
+
+def test_score_of_empty_continuation_and_mixed_lengths(model):
+    engine = engine_for(model, max_batch_size=2)
+    conts = [[3, 4], [], [5, 6, 7, 8], [9], [10, 11, 12]]
+    logp, logq = engine.score(PREFIXES, conts)
+    assert [len(x) for x in logp] == [len(c) for c in conts]
+    for prefix, cont, lp, lq in zip(PREFIXES, conts, logp, logq, strict=True):
+        if cont:
+            ref = torch.log_softmax(full_logits(model, prefix + cont), -1)[len(prefix) - 1 : -1]
+            ref = ref.gather(1, torch.tensor(cont)[:, None])[:, 0].double()
+            torch.testing.assert_close(lp, ref, atol=1e-5, rtol=1e-5)
+            assert torch.equal(lq, lp)
+
+
+def test_score_splits_rows_to_bound_logits_memory(model):
+    conts = [[3, 4, 5]] * 5
+    engine = DecodingEngine(model, [], PAD_ID, score_logits_budget=2 * 3 * VOCAB_SIZE)
+    calls, handle = record_forwards(model)
+    try:
+        small, _ = engine.score(PREFIXES, conts)
+    finally:
+        handle.remove()
+    assert [c[0] for c in calls] == [2, 2, 1]
+    big, _ = engine_for(model).score(PREFIXES, conts)
+    for a, b in zip(small, big, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_log_q_keeps_ties_at_the_kth_logit():
+    logits = torch.tensor([[3.0, 1.0, 1.0, 0.0]])
+    lq = log_q(logits, temperature=1.0, top_k=2)
+    assert torch.isinf(lq[0, 3]) and torch.isfinite(lq[0, :3]).all()
+    torch.testing.assert_close(lq.exp().sum(), torch.tensor(1.0))
+
+
+def test_context_length_is_checked_up_front(model):
+    engine = engine_for(model)  # the model's context is 64 positions
+    with pytest.raises(UserError, match=r"row 1: prefix of 60 tokens \+ 5 new tokens = 65"):
+        engine.extend([[3, 4], [5] * 60], 5, greedy=True)
+    engine.extend([[3, 4], [5] * 60], [5, 4], greedy=True)  # per-row budgets that fit are fine
+    with pytest.raises(UserError, match="row 0"):
+        engine.score([[5] * 60], [[3] * 5])
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"prefixes": [[3], []], "max_new_tokens": 2}, "row 1: the prefix is empty"),
+        ({"prefixes": [[3], [99]], "max_new_tokens": 2}, "token id 99 is outside"),
+        ({"prefixes": [[3], [4]], "max_new_tokens": [2]}, "1 entries for 2 prefixes"),
+        ({"prefixes": [[3]], "max_new_tokens": -1}, "integers >= 0"),
+        ({"prefixes": [[3]], "max_new_tokens": 2, "temperature": 0.0}, "temperature must be"),
+        ({"prefixes": [[3]], "max_new_tokens": 2, "top_k": 0}, "top_k must be"),
+    ],
+)
+def test_bad_requests_are_user_errors(model, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        engine_for(model).extend(**kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(model):
+    cuda_model = tiny_model(seed=0).to("cuda")
+    engine = engine_for(cuda_model)
+    greedy = engine.extend(PREFIXES, 8, greedy=True)
+    assert greedy.tokens == engine_for(model).extend(PREFIXES, 8, greedy=True).tokens
+    g = torch.Generator(device="cuda")
+    a = engine.extend(PREFIXES, 8, temperature=0.8, generator=g.manual_seed(0))
+    b = engine.extend(PREFIXES, 8, temperature=0.8, generator=g.manual_seed(0))
+    assert a.tokens == b.tokens
+    score_p, _ = engine.score(PREFIXES, a.tokens)
+    for x, y in zip(a.logp, score_p, strict=True):
+        assert x.device.type == "cpu"
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+    with pytest.raises(UserError, match="generator is on cpu"):
+        engine.extend(PREFIXES, 2, generator=torch.Generator())
