@@ -1,0 +1,89 @@
+"""AlpacaEval 2.0: 805 open-ended instructions, judged later by an LLM judge.
+
+Nothing is graded here: :meth:`AlpacaTask.grade` returns a ``grader="none"`` verdict, and
+:func:`export_alpaca_eval` writes generations in the JSON format ``alpaca_eval`` reads,
+for a separately configured judge run (which needs an API key and is never started by
+the library).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import pandas as pd
+
+from powersampling.datasets import load_task_frame
+from powersampling.errors import UserError
+from powersampling.io import write_text_atomic
+from powersampling.tasks import Grade, Task, register
+from powersampling.tasks.math500 import render_prompt
+
+GRADER = "none"
+
+
+@register
+class AlpacaTask(Task):
+    kind = "alpaca"
+    full_size = 805
+
+    def load(self) -> pd.DataFrame:
+        return load_task_frame(self)
+
+    def prompt(self, row: dict[str, Any], tokenizer=None, chat_template: bool = False) -> str:
+        return render_prompt(row["question"], tokenizer, chat_template)
+
+    def grade(self, completion: str, row: dict[str, Any]) -> Grade:
+        # correct=False only because the column is boolean: rows with grader "none" carry
+        # no correctness and must be left out of accuracies.
+        return Grade(None, False, bool(str(completion).strip()), GRADER, None)
+
+
+def export_alpaca_eval(
+    generations_df: pd.DataFrame,
+    generator_name: str,
+    path: str | os.PathLike,
+    problems: pd.DataFrame | None = None,
+) -> int:
+    """Write one output per instruction as alpaca_eval's JSON list; returns the count.
+
+    Records are ``{instruction, output, generator, dataset}``. Instructions come from
+    ``problems`` (the task frame) when given, else from the generations' ``question`` or
+    ``instruction`` column. With several samples per problem the first by (seed, chain)
+    is kept, since alpaca_eval scores one output per instruction.
+    """
+    df = generations_df.copy()
+    if problems is not None:
+        keep = [c for c in ("problem_id", "question", "dataset") if c in problems.columns]
+        df = df.drop(columns=[c for c in ("question", "dataset") if c in df.columns])
+        df = df.merge(problems[keep], on="problem_id", how="left", validate="many_to_one")
+    if "question" not in df.columns and "instruction" in df.columns:
+        df = df.rename(columns={"instruction": "question"})
+    missing = [c for c in ("problem_id", "question", "completion") if c not in df.columns]
+    if missing or df["question"].isna().any():
+        raise UserError(
+            f"alpaca export needs problem_id, instruction text and completion; missing {missing}"
+            " or unmatched problem ids (pass the task frame as problems=)"
+        )
+    order = [c for c in ("seed", "chain") if c in df.columns]
+    if order:
+        df = df.sort_values(order, kind="stable")
+    df = df.drop_duplicates("problem_id", keep="first")
+    records = [
+        {
+            "instruction": row["question"],
+            "output": row["completion"],
+            "generator": generator_name,
+            "dataset": row.get("dataset") if isinstance(row.get("dataset"), str) else "unknown",
+        }
+        for row in df.to_dict("records")
+    ]
+    write_text_atomic(path, json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+    return len(records)
+
+
+def judge_command_available() -> bool:
+    """Whether the ``alpaca_eval`` command line tool is installed (nothing is run)."""
+    return shutil.which("alpaca_eval") is not None

@@ -1,0 +1,67 @@
+"""MATH-500: competition maths, graded by the last ``\\boxed{}`` answer.
+
+Prompt as in the power-sampling paper's setup; for chat models the same text goes in a
+user turn of the model's chat template.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from powersampling.datasets import load_task_frame
+from powersampling.errors import UserError
+from powersampling.grading.math import grade_math, grade_math_many
+from powersampling.tasks import Grade, Task, register
+
+MATH_PROMPT = (
+    "Can you solve the following math problem? {problem} Please reason step by step, "
+    "and put your final answer within \\boxed{{}}."
+)
+
+
+def render_prompt(text: str, tokenizer=None, chat_template: bool = False) -> str:
+    """``text`` as is (base models) or as one user turn in the tokenizer's chat template."""
+    if not chat_template:
+        return text
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            "chat_template is true but the model's tokenizer has no chat template; "
+            "set chat_template: false for this model"
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+
+
+@register
+class Math500Task(Task):
+    """Config: ``source``, ``limit``, ``shard_size``; grading ``timeout_s`` (default 5)
+    and ``workers`` (grading processes, default 2)."""
+
+    kind = "math500"
+    full_size = 500
+
+    def load(self) -> pd.DataFrame:
+        return load_task_frame(self)
+
+    def prompt(self, row: dict[str, Any], tokenizer=None, chat_template: bool = False) -> str:
+        return render_prompt(MATH_PROMPT.format(problem=row["question"]), tokenizer, chat_template)
+
+    def grade(self, completion: str, row: dict[str, Any]) -> Grade:
+        return grade_math(completion, row["answer"], timeout_s=self.config.get("timeout_s", 5))
+
+    def grade_many_both(
+        self, completions: list[str], rows: list[dict[str, Any]]
+    ) -> list[tuple[Grade, bool]]:
+        """(math-verify Grade, PRM800K-style verdict) per completion, graded in workers."""
+        return grade_math_many(
+            completions,
+            [r["answer"] for r in rows],
+            workers=int(self.config.get("workers", 2)),
+            timeout_s=float(self.config.get("timeout_s", 5)),
+        )
+
+    def grade_many(self, completions: list[str], rows: list[dict[str, Any]]) -> list[Grade]:
+        return [grade for grade, _ in self.grade_many_both(completions, rows)]
