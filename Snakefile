@@ -10,7 +10,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default study, unless a config is given with --configfile (which would otherwise
+# be merged into this one, mixing tasks and methods of two studies).
+if not config:
+
+    configfile: "config/config.yaml"
+
 
 
 report: "reports/workflow.rst"

@@ -13,3 +13,18 @@ rule synthetic_data:
         seed=lambda wildcards: task_seed(config, wildcards.task),
     script:
         "../workflow/scripts/make_task_data.py"
+
+
+rule download_dataset:
+    output:
+        data="data/{task}.parquet",
+        checksum="data/{task}.meta.json",
+    params:
+        task=lambda wildcards: config["tasks"][wildcards.task],
+        seed=lambda wildcards: task_seed(config, wildcards.task),
+    log:
+        "logs/download_dataset/{task}.log",
+    wildcard_constraints:
+        task=names_alternation(tasks_of_kind(synthetic=False)),
+    script:
+        "../workflow/scripts/download_dataset.py"

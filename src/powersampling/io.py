@@ -64,6 +64,7 @@ GRADED_SCHEMA = GENERATION_SCHEMA.append(pa.field("reference", pa.string()))
 for _field in [
     pa.field("extracted", pa.string()),
     pa.field("correct", pa.bool_()),
+    pa.field("correct_prm", pa.bool_()),  # PRM800K-style second opinion (MATH-like tasks)
     pa.field("compliant", pa.bool_()),
     pa.field("grader", pa.string()),
     pa.field("error", pa.string()),

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
-from powersampling import io, metrics, plots
+from powersampling import io
 from powersampling.errors import UserError
 from powersampling.tasks import get_task
 
@@ -49,6 +48,30 @@ def build_task_data(task_name: str, task: dict[str, Any], *, seed: int, out_path
     return problems
 
 
+def fetch_task_data(
+    task_name: str, task: dict[str, Any], *, seed: int, out_path, log: Log = _no_log
+) -> pd.DataFrame:
+    """Download a benchmark (or read the local file in ``source``) into one Parquet file.
+
+    A checksum file (``data/{task}.meta.json``) is written beside it. The file keeps every
+    problem of the benchmark; shards read the first ``limit`` rows.
+    """
+    from powersampling.datasets import HUB_FILES, fetch_dataset
+
+    task_obj = get_task(task_name, task, seed=seed)
+    source = task.get("source") or HUB_FILES[task_obj.kind][0]
+    log(f"fetching {task_obj.kind} from {source}")
+    meta = fetch_dataset(task_obj.kind, source, out_path)
+    if meta["rows"] < task_obj.size:
+        Path(out_path).unlink(missing_ok=True)
+        raise UserError(
+            f"task {task_name}: {source} has {meta['rows']} problems but {task_obj.size} "
+            f"are asked for; lower tasks.{task_name}.limit"
+        )
+    log(f"{meta['rows']} problems, sha256 {meta['source_sha256']}")
+    return pd.read_parquet(out_path)
+
+
 # --------------------------------------------------------------------------------------
 # Models
 
@@ -63,6 +86,8 @@ def train_toy(
     log: Log = _no_log,
 ) -> dict:
     """Train the toy model with the evaluation problems held out of its training data."""
+    import torch
+
     from powersampling.toy.train import DEFAULT_MODEL_SHAPE, DEFAULT_TRAIN, train_toy_model
 
     torch.set_num_threads(threads)
@@ -102,6 +127,8 @@ def generate_shard_file(
     log: Log = _no_log,
 ) -> pd.DataFrame:
     """Generate one shard: load the model once, decode all its problems in batches."""
+    import torch
+
     from powersampling.generation import generate_shard
     from powersampling.models import load_model
 
@@ -152,8 +179,14 @@ def grade_frame(generations: pd.DataFrame, problems: pd.DataFrame, task) -> pd.D
         )
     rows = [by_id.loc[pid].to_dict() for pid in generations["problem_id"]]
     completions = [c if isinstance(c, str) else "" for c in generations["completion"]]
-    grades = task.grade_many(completions, rows)
     graded = generations.copy()
+    if hasattr(task, "grade_many_both"):  # graders with a second opinion (MATH, GSM8K)
+        both = task.grade_many_both(completions, rows)
+        grades = [grade for grade, _ in both]
+        graded["correct_prm"] = [bool(prm) for _, prm in both]
+    else:
+        grades = task.grade_many(completions, rows)
+        graded["correct_prm"] = None
     graded["reference"] = [str(r["answer"]) for r in rows]
     graded["extracted"] = [g.extracted for g in grades]
     graded["correct"] = [bool(g.correct) for g in grades]
@@ -200,9 +233,15 @@ def collect_metrics(
     log: Log = _no_log,
 ) -> pd.DataFrame:
     """Write the accuracy, pass@k and acceptance tables (Parquet + CSV, and an HTML table)."""
+    from powersampling import metrics
+
     graded = io.read_parquet(list(graded_paths))
     if graded.empty:
         raise UserError("no graded rows to collect metrics from")
+    # Tasks judged elsewhere (AlpacaEval) have no verdict here and no place in accuracies.
+    graded = graded[graded["grader"] != "none"]
+    if graded.empty:
+        raise UserError("no task in this config is graded here (only judge-graded tasks)")
     accuracy = metrics.accuracy_table(graded, methods, n_boot=n_boot, level=level, seed=seed)
     io.write_table(accuracy, outputs["accuracy"])
     io.write_table(metrics.pass_at_k_table(graded), outputs["pass_at_k"])
@@ -249,17 +288,20 @@ def accuracy_html(accuracy: pd.DataFrame, level: float) -> str:
     )
 
 
-_PLOTTERS = {
-    "accuracy_by_method": plots.plot_accuracy_by_method,
-    "accuracy_vs_temperature": plots.plot_accuracy_vs_temperature,
-    "logp_by_method": plots.plot_logp_by_method,
-    "tokens_by_method": plots.plot_tokens_by_method,
-    "acceptance_by_block": plots.plot_acceptance_by_block,
-    "pass_at_k": plots.plot_pass_at_k,
-}
+PLOTS = (
+    "accuracy_by_method",
+    "accuracy_vs_temperature",
+    "logp_by_method",
+    "tokens_by_method",
+    "acceptance_by_block",
+    "pass_at_k",
+)
 
 
 def draw_plot(name: str, table_path, out_path) -> None:
-    if name not in _PLOTTERS:
-        raise UserError(f"unknown plot {name!r}; known: {sorted(_PLOTTERS)}")
-    _PLOTTERS[name](pd.read_parquet(table_path), Path(out_path))
+    """Draw ``powersampling.plots.plot_{name}`` from the table at ``table_path``."""
+    from powersampling import plots
+
+    if name not in PLOTS:
+        raise UserError(f"unknown plot {name!r}; known: {', '.join(PLOTS)}")
+    getattr(plots, f"plot_{name}")(pd.read_parquet(table_path), Path(out_path))

@@ -1,0 +1,13 @@
+"""Write data/{task}.parquet from the task's public source or a local file."""
+
+from powersampling.logs import job_log
+from powersampling.pipeline import fetch_task_data
+
+with job_log(snakemake.log[0]) as log:
+    fetch_task_data(
+        snakemake.wildcards.task,
+        snakemake.params.task,
+        seed=snakemake.params.seed,
+        out_path=snakemake.output.data,
+        log=log.info,
+    )
