@@ -1,0 +1,159 @@
+"""PowerSampler: parameters, records, bookkeeping, reproducibility (exactness: separate file)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from powersampling.engine import DecodingEngine
+from powersampling.errors import UserError
+from powersampling.samplers import get_sampler
+from powersampling.samplers.power import PowerSampler, block_caps, log_acceptance
+from powersampling.seeding import torch_generator
+from powersampling.toy.enumerate import random_tiny_model
+
+EOS = 5
+
+
+@pytest.fixture(scope="module")
+def engine():
+    model = random_tiny_model(6, seed=1, init_std=0.2, hidden_size=32)
+    return DecodingEngine(model, eos_token_ids=[EOS], pad_token_id=EOS)
+
+
+@pytest.fixture(scope="module")
+def no_eos_engine():
+    """A model that can never emit EOS (its logit is pushed to -1e4 by a bias)."""
+    model = random_tiny_model(6, seed=2, init_std=0.2, hidden_size=32)
+    head = torch.nn.Linear(32, 6, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[EOS] = -1e4
+    model.lm_head = head
+    return DecodingEngine(model, eos_token_ids=[EOS], pad_token_id=EOS)
+
+
+PROMPTS = [[0, 1, 2], [3], [4, 4, 0, 1], [2, 2]]
+
+
+def test_block_caps():
+    assert block_caps(192, 3072) == [192 * k for k in range(1, 17)]
+    assert block_caps(4, 10) == [4, 8, 10]
+    assert block_caps(16, 5) == [5]
+
+
+def test_defaults_and_registry(engine):
+    sampler = get_sampler({"sampler": "power", "alpha": 2.0}, engine)
+    assert isinstance(sampler, PowerSampler)
+    assert sampler.params["proposal_temperature"] == 0.5
+    assert sampler.params["block_size"] == 192 and sampler.params["mcmc_steps"] == 10
+    assert PowerSampler(engine, alpha=4.0, proposal_temperature=1.0).temperature == 1.0
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"alpha": 0},
+        {"alpha": "4"},
+        {"block_size": 0},
+        {"max_new_tokens": 2.5},
+        {"mcmc_steps": -1},
+        {"mcmc_steps": True},
+        {"proposal_temperature": -1.0},
+        {"proposal_top_k": 0},
+        {"greedy_accept": "yes"},
+        {"stop_at_eos": 1},
+        {"chains": 4},
+    ],
+)
+def test_bad_params_are_user_errors(engine, params):
+    with pytest.raises(UserError):
+        PowerSampler(engine, **params)
+
+
+def test_log_acceptance_by_hand():
+    cur_p, cur_q = np.array([-1.0, -2.0]), np.array([-0.5, -0.5])
+    prop_p, prop_q = np.array([-0.5]), np.array([-0.1])
+    # α(-0.5 - -3) + (-1) - (-0.1) + log 4 - log 3
+    expected = 2.0 * 2.5 - 1.0 + 0.1 + math.log(4) - math.log(3)
+    assert log_acceptance(2.0, cur_p, cur_q, prop_p, prop_q, 4, 3) == pytest.approx(expected)
+
+
+def test_records_are_consistent(engine):
+    sampler = PowerSampler(engine, alpha=3.0, block_size=3, max_new_tokens=10, mcmc_steps=4)
+    out = sampler.sample(PROMPTS * 8, torch_generator(0))
+    assert len(out) == 32
+    completions = [o["completion_ids"] for o in out]
+    logp, _ = engine.score(PROMPTS * 8, completions)
+    for o, lp, prompt in zip(out, logp, PROMPTS * 8, strict=True):
+        n = len(o["completion_ids"])
+        assert o["n_new_tokens"] == n and 1 <= n <= 10
+        assert o["logp_sum"] == pytest.approx(float(lp.sum()), abs=1e-4)
+        assert o["perplexity"] == pytest.approx(math.exp(-o["logp_sum"] / n))
+        assert 0 < o["self_confidence"] <= 1 and o["mean_entropy"] >= 0
+        assert o["temperature"] == pytest.approx(1 / 3)
+        assert (o["finish_reason"] == "eos") == (o["completion_ids"][-1] == EOS)
+        assert EOS not in o["completion_ids"][:-1]
+        trace = o["block_trace"]
+        blocks = len(trace)
+        # a chain stops after the first block that ends with EOS, or at the last block
+        assert [b["block"] for b in trace] == list(range(blocks))
+        assert o["finish_reason"] == "eos" or blocks == 4
+        assert all(b["length"] == [3, 6, 9, 10][b["block"]] for b in trace[:-1])
+        assert trace[-1]["length"] == n and trace[-1]["logp"] == pytest.approx(o["logp_sum"])
+        assert o["proposals"] == 4 * blocks
+        assert o["acceptance_rate"] == pytest.approx(
+            sum(b["accepted"] for b in trace) / o["proposals"]
+        )
+        assert o["tokens_decoded"] >= n
+        assert o["tokens_prefilled"] >= (1 + o["proposals"]) * len(prompt)
+        assert o["wall_time_s"] >= 0
+
+
+def test_same_seed_same_output_and_different_seed_differs(engine):
+    sampler = PowerSampler(engine, alpha=2.0, block_size=4, max_new_tokens=12, mcmc_steps=3)
+    a = sampler.sample(PROMPTS * 4, torch_generator(7))
+    b = sampler.sample(PROMPTS * 4, torch_generator(7))
+    c = sampler.sample(PROMPTS * 4, torch_generator(8))
+    key = ["completion_ids", "logp_sum", "acceptance_rate", "tokens_decoded", "block_trace"]
+    assert [[o[k] for k in key] for o in a] == [[o[k] for k in key] for o in b]
+    assert [o["completion_ids"] for o in a] != [o["completion_ids"] for o in c]
+
+
+def test_length_cap_without_eos(no_eos_engine):
+    sampler = PowerSampler(no_eos_engine, alpha=4.0, block_size=4, max_new_tokens=10, mcmc_steps=2)
+    out = sampler.sample(PROMPTS, torch_generator(0))
+    for o in out:
+        assert o["finish_reason"] == "length" and o["n_new_tokens"] == 10
+        assert [b["length"] for b in o["block_trace"]] == [4, 8, 10]
+        assert o["proposals"] == 6
+
+
+def test_zero_steps_is_plain_blockwise_sampling(engine):
+    sampler = PowerSampler(engine, alpha=2.0, block_size=5, max_new_tokens=10, mcmc_steps=0)
+    out = sampler.sample(PROMPTS, torch_generator(0))
+    for o, prompt in zip(out, PROMPTS, strict=True):
+        assert o["proposals"] == 0 and o["acceptance_rate"] is None
+        assert o["tokens_decoded"] == o["n_new_tokens"]
+        assert o["tokens_prefilled"] == sum(
+            len(prompt) + 5 * k for k in range(len(o["block_trace"]))
+        )
+
+
+def test_greedy_accept_never_lowers_the_likelihood(no_eos_engine):
+    """With greedy acceptance the block's log p after its steps is at least the extension's."""
+    greedy = PowerSampler(
+        no_eos_engine, alpha=4.0, block_size=6, max_new_tokens=6, mcmc_steps=8, greedy_accept=True
+    )
+    plain = PowerSampler(no_eos_engine, alpha=4.0, block_size=6, max_new_tokens=6, mcmc_steps=0)
+    g = greedy.sample(PROMPTS * 16, torch_generator(3))
+    p = plain.sample(PROMPTS * 16, torch_generator(3))
+    # same generator state → the same first extension; the MH steps can only go up
+    for og, op in zip(g, p, strict=True):
+        assert og["logp_sum"] >= op["logp_sum"] - 1e-9
+
+
+def test_empty_prompt_list(engine):
+    assert PowerSampler(engine).sample([], torch_generator(0)) == []

@@ -1,0 +1,61 @@
+"""Toy-world studies: exact properties of their tables, and that the plots are written."""
+
+import numpy as np
+import pytest
+
+from powersampling import studies
+from powersampling.toy.enumerate import random_tiny_model
+
+PROMPT, EOS = [0, 1], 2
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_tiny_model(3, seed=4, init_std=0.25)
+
+
+def test_power_scales_gaps_by_alpha_and_temperature_does_not(model, tmp_path):
+    table = studies.power_vs_temperature(model, PROMPT, [EOS], 3, alphas=[2.0, 4.0])
+    assert set(table["alpha"]) == {2.0, 4.0}
+    assert len(table) == 2 * 28  # 8 answers → 28 pairs per α
+    assert np.allclose(table["gap_power"], table["alpha"] * table["gap_logp"], atol=1e-9)
+    # token-level temperature is not a uniform rescaling of the gaps
+    off = np.abs(table["gap_temperature"] - table["alpha"] * table["gap_logp"])
+    assert off.max() > 0.5
+    assert table["temperature_over_p"].std() > 0.1
+    studies.plot_power_vs_temperature(table, tmp_path / "gaps.svg")
+    assert (tmp_path / "gaps.svg").stat().st_size > 1000
+
+
+def test_convergence_table(model, tmp_path):
+    table = studies.convergence(
+        model, PROMPT, [EOS], 4, alpha=2.0, block_sizes=[1, 4], steps=[0, 4, 64]
+    )
+    assert len(table) == 2 * 2 * 3
+    one = table[(table["block_size"] == 4) & table["stop_at_eos"]]
+    # zero steps with one block is plain temperature sampling; many steps reach π_α
+    assert one["tv_to_power"].iloc[0] == pytest.approx(one["tv_temperature"].iloc[0])
+    assert one["tv_to_power"].iloc[-1] < 1e-4
+    assert np.all(np.diff(one["tv_to_power"]) < 0)
+    kept = table[(table["block_size"] == 1) & ~table["stop_at_eos"]]
+    stopped = table[(table["block_size"] == 1) & table["stop_at_eos"]]
+    assert kept["tv_to_power"].iloc[-1] < 1e-3
+    assert stopped["tv_to_power"].iloc[-1] > 0.05  # the stop-at-EOS rule leaves a bias
+    studies.plot_convergence(table, tmp_path / "convergence.png")
+    assert (tmp_path / "convergence.png").stat().st_size > 1000
+
+
+def test_greedy_vs_power_table(model, tmp_path):
+    table = studies.greedy_vs_power(model, [PROMPT, [1, 1, 0]], [EOS], 3, alphas=[2.0, 8.0])
+    assert set(table["method"]) == {"greedy", "temperature", "power", "power_sampler", "mode"}
+    for (_, _), sub in table.groupby(["prompt", "alpha"]):
+        by = sub.set_index("method")
+        assert by.loc["mode", "p_mode"] == 1.0
+        assert by.loc["mode", "expected_logp"] == pytest.approx(by.loc["mode", "mode_logp"])
+        # no method beats the most likely answer on expected log-likelihood
+        assert (by["expected_logp"] <= by.loc["mode", "expected_logp"] + 1e-12).all()
+    power = table[table["method"] == "power"].set_index(["prompt", "alpha"])["p_mode"]
+    for prompt in [0, 1]:
+        assert power[(prompt, 8.0)] > power[(prompt, 2.0)]  # sharper α → more mass on the mode
+    studies.plot_greedy_vs_power(table, tmp_path / "greedy.pdf")
+    assert (tmp_path / "greedy.pdf").stat().st_size > 1000
