@@ -28,6 +28,7 @@ include: "rules/generate.smk"
 include: "rules/grade.smk"
 include: "rules/metrics.smk"
 include: "rules/plots.smk"
+include: "rules/studies.smk"
 include: "rules/report.smk"
 
 

@@ -84,10 +84,20 @@ def synthetic_task_data():
     return [f"data/{task}.parquet" for task in tasks_of_kind(synthetic=True)]
 
 
+def study_outputs():
+    if "exact_toy" not in config["studies"]:
+        return []
+    return [
+        f"results/plots/study_{study}.svg"
+        for study in ("power_vs_temperature", "convergence", "greedy_vs_power")
+    ]
+
+
 def all_outputs():
     return [
         "results/tables/accuracy.parquet",
         "results/tables/pass_at_k.parquet",
         *PLOTS,
+        *study_outputs(),
         "results/config.yaml",
     ]

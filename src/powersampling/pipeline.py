@@ -288,6 +288,50 @@ def accuracy_html(accuracy: pd.DataFrame, level: float) -> str:
     )
 
 
+# --------------------------------------------------------------------------------------
+# Toy-world studies (exact enumeration)
+
+STUDIES = ("power_vs_temperature", "convergence", "greedy_vs_power")
+
+
+def run_toy_study(name: str, settings: dict[str, Any], *, seed: int, table_path, plot_path):
+    """One exact study on a random tiny model whose answers can all be enumerated.
+
+    The model has ``vocab_size`` tokens, the last of which is EOS; prompts are seeded
+    random sequences of two non-EOS tokens.
+    """
+    import numpy as np
+
+    from powersampling import studies
+    from powersampling.toy.enumerate import random_tiny_model
+
+    if name not in STUDIES:
+        raise UserError(f"unknown study {name!r}; known: {', '.join(STUDIES)}")
+    vocab = settings["vocab_size"]
+    model = random_tiny_model(vocab, seed=seed, init_std=settings["init_std"])
+    eos = [vocab - 1]
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, vocab - 1, size=2).tolist() for _ in range(settings["prompts"])]
+    cap, alphas = settings["cap"], settings["alphas"]
+    if name == "power_vs_temperature":
+        table = studies.power_vs_temperature(model, prompts[0], eos, cap, alphas=alphas)
+    elif name == "convergence":
+        table = studies.convergence(
+            model,
+            prompts[0],
+            eos,
+            cap,
+            alpha=max(alphas),
+            block_sizes=settings["block_sizes"],
+            steps=settings["mcmc_steps"],
+        )
+    else:
+        table = studies.greedy_vs_power(model, prompts, eos, cap, alphas=alphas)
+    io.write_table(table, table_path)
+    getattr(studies, f"plot_{name}")(table, Path(plot_path))
+    return table
+
+
 PLOTS = (
     "accuracy_by_method",
     "accuracy_vs_temperature",

@@ -1,0 +1,20 @@
+"""Exact toy-world studies of power sampling (config section studies.exact_toy)."""
+
+
+rule toy_study:
+    output:
+        table="results/studies/{study}.parquet",
+        figure=report(
+            "results/plots/study_{study}.svg",
+            caption="../reports/study_{study}.rst",
+            category="5. Toy-world studies",
+        ),
+    params:
+        settings=config["studies"].get("exact_toy"),
+        seed=lambda wildcards: derive_seed(config["seed"], "study", wildcards.study),
+    log:
+        "logs/toy_study/{study}.log",
+    wildcard_constraints:
+        study="power_vs_temperature|convergence|greedy_vs_power",
+    script:
+        "../workflow/scripts/toy_study.py"
