@@ -1,0 +1,101 @@
+"""Load a causal LM and its tokenizer from a hub id or a local folder.
+
+The toy model (a folder written by ``save_pretrained``) and hub models go through the
+same ``AutoTokenizer`` / ``AutoModelForCausalLM`` path, so whatever runs on the toy
+world runs on a real model unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from powersampling.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else CPU; otherwise any name torch understands."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device {device!r} is not a device name (try auto, cpu or cuda)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for but CUDA is not available here")
+    return resolved
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or os.path.isdir(source)
+
+
+def load_model(
+    source: str,
+    *,
+    revision: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    local_files_only: bool | None = None,
+):
+    """Return ``(model, tokenizer)``: the model in eval mode on ``device``, the tokenizer
+    padding on the left with a pad token (EOS when the tokenizer has none).
+
+    ``dtype`` is one of auto, float32, bfloat16, float16. ``auto`` keeps the checkpoint's
+    dtype on a GPU and uses float32 on a CPU, where half precision is slow and inexact.
+    ``local_files_only=None`` leaves the choice to ``transformers`` (``HF_HUB_OFFLINE``).
+    """
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r} is not one of {['auto', *DTYPES]}")
+    torch_device = resolve_device(device)
+    if _looks_like_path(source):
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            raise UserError(f"model folder {source!r} does not exist")
+        source = str(path)
+    if dtype == "auto":
+        torch_dtype = "auto" if torch_device.type != "cpu" else torch.float32
+    else:
+        torch_dtype = DTYPES[dtype]
+
+    kwargs = {"revision": revision}
+    if local_files_only is not None:
+        kwargs["local_files_only"] = local_files_only
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        # transformers reports "not a valid model identifier", "couldn't connect", missing
+        # files (OSError) or an unusable folder (ValueError); one sentence naming the model
+        # is what the user needs.
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot load model {source!r}: {first_line}") from err
+
+    model.to(torch_device)
+    model.eval()
+    tokenizer.padding_side = "left"  # batched decoding appends on the right
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"tokenizer of {source!r} has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a completion: the generation config's and the tokenizer's."""
+    ids: set[int] = set()
+    config = getattr(model, "generation_config", None)
+    for value in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
+        if value is None:
+            continue
+        ids.update([value] if isinstance(value, int) else value)
+    if not ids:
+        raise UserError("the model and tokenizer define no EOS token")
+    return sorted(int(i) for i in ids)
