@@ -88,17 +88,20 @@ def train_toy(
     """Train the toy model with the evaluation problems held out of its training data."""
     import torch
 
-    from powersampling.toy.train import DEFAULT_MODEL_SHAPE, DEFAULT_TRAIN, train_toy_model
+    from powersampling.toy.train import train_toy_model
 
     torch.set_num_threads(threads)
     holdout = set()
     for path in holdout_paths:
         holdout.update(pd.read_parquet(path, columns=["question"])["question"])
-    train = {**DEFAULT_TRAIN, **settings.get("train", {})}
-    model_shape = {**DEFAULT_MODEL_SHAPE, **settings.get("model_shape", {})}
-    log(f"training the toy model: shape {model_shape}, training {train}, {len(holdout)} held out")
+    log(f"training the toy model with {settings}; {len(holdout)} questions held out")
     return train_toy_model(
-        out_dir, model_shape=model_shape, train=train, holdout_questions=holdout, seed=seed, log=log
+        out_dir,
+        model_shape=settings.get("model_shape"),
+        train=settings.get("train"),
+        holdout_questions=holdout,
+        seed=seed,
+        log=log,
     )
 
 
