@@ -6,7 +6,7 @@ rule toy_study:
         table="results/studies/{study}.parquet",
         figure=report(
             "results/plots/study_{study}.svg",
-            caption="../reports/study_{study}.rst",
+            caption="../reports/toy_study.rst",
             category="5. Toy-world studies",
         ),
     params:

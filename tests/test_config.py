@@ -100,6 +100,6 @@ def test_planning_counts_shards_without_reading_data():
     with pytest.raises(UserError, match="shard 2 of task arithmetic has no problems"):
         shard_rows(config, "arithmetic", 2)
     runs = planned_runs(config)
-    # greedy: 2 tasks x 1 seed; three temperatures: 2 tasks x 4 seeds each
-    assert len(runs) == 2 + 3 * 2 * 4
+    # greedy: 2 tasks x 1 seed; three temperatures and power: 2 tasks x 4 seeds each
+    assert len(runs) == 2 + 4 * 2 * 4
     assert len(set(runs)) == len(runs)
