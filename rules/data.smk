@@ -8,6 +8,8 @@ rule synthetic_data:
         "logs/synthetic_data/{task}.log",
     wildcard_constraints:
         task=names_alternation(tasks_of_kind(synthetic=True)),
+    conda:
+        "../environment.yml"
     params:
         task=lambda wildcards: config["tasks"][wildcards.task],
         seed=lambda wildcards: task_seed(config, wildcards.task),
@@ -19,12 +21,14 @@ rule download_dataset:
     output:
         data="data/{task}.parquet",
         checksum="data/{task}.meta.json",
-    params:
-        task=lambda wildcards: config["tasks"][wildcards.task],
-        seed=lambda wildcards: task_seed(config, wildcards.task),
     log:
         "logs/download_dataset/{task}.log",
     wildcard_constraints:
         task=names_alternation(tasks_of_kind(synthetic=False)),
+    conda:
+        "../environment.yml"
+    params:
+        task=lambda wildcards: config["tasks"][wildcards.task],
+        seed=lambda wildcards: task_seed(config, wildcards.task),
     script:
         "../workflow/scripts/download_dataset.py"

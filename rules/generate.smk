@@ -6,11 +6,13 @@ rule generate:
         unpack(model_inputs),
         data="data/{task}.parquet",
     output:
-        "results/generations/" + SHARD_FILE,
+        "results/generations/{task}/{model}/{method}/seed{seed}/shard{shard}.parquet",
     log:
-        "logs/generate/" + SHARD_FILE.replace(".parquet", ".log"),
+        "logs/generate/{task}/{model}/{method}/seed{seed}/shard{shard}.log",
     benchmark:
-        "benchmarks/generate/" + SHARD_FILE.replace(".parquet", ".tsv")
+        "benchmarks/generate/{task}/{model}/{method}/seed{seed}/shard{shard}.tsv"
+    conda:
+        "../environment.yml"
     threads: config["resources"]["generation_threads"]
     resources:
         gpu=config["resources"]["gpu"],

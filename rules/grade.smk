@@ -3,12 +3,14 @@
 
 rule grade:
     input:
-        generations="results/generations/" + SHARD_FILE,
+        generations="results/generations/{task}/{model}/{method}/seed{seed}/shard{shard}.parquet",
         data="data/{task}.parquet",
     output:
-        "results/graded/" + SHARD_FILE,
+        "results/graded/{task}/{model}/{method}/seed{seed}/shard{shard}.parquet",
     log:
-        "logs/grade/" + SHARD_FILE.replace(".parquet", ".log"),
+        "logs/grade/{task}/{model}/{method}/seed{seed}/shard{shard}.log",
+    conda:
+        "../environment.yml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -17,6 +17,8 @@ rule collect_metrics:
         ),
     log:
         "logs/collect_metrics.log",
+    conda:
+        "../environment.yml"
     params:
         methods=config["methods"],
         report=config["report"],

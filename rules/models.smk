@@ -11,6 +11,8 @@ rule train_toy_model:
         "logs/train_toy_model/{model}.log",
     wildcard_constraints:
         model=names_alternation(toy_models()),
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         mem_mb=2000,

@@ -21,6 +21,8 @@ rule plot_accuracy_by_method:
         ),
     log:
         "logs/plots/accuracy_by_method.log",
+    conda:
+        "../environment.yml"
     params:
         plot="accuracy_by_method",
     script:
@@ -38,6 +40,8 @@ rule plot_accuracy_vs_temperature:
         ),
     log:
         "logs/plots/accuracy_vs_temperature.log",
+    conda:
+        "../environment.yml"
     params:
         plot="accuracy_vs_temperature",
     script:
@@ -55,6 +59,8 @@ rule plot_logp_by_method:
         ),
     log:
         "logs/plots/logp_by_method.log",
+    conda:
+        "../environment.yml"
     params:
         plot="logp_by_method",
     script:
@@ -72,6 +78,8 @@ rule plot_tokens_by_method:
         ),
     log:
         "logs/plots/tokens_by_method.log",
+    conda:
+        "../environment.yml"
     params:
         plot="tokens_by_method",
     script:
@@ -89,6 +97,8 @@ rule plot_acceptance_by_block:
         ),
     log:
         "logs/plots/acceptance_by_block.log",
+    conda:
+        "../environment.yml"
     params:
         plot="acceptance_by_block",
     script:
@@ -106,6 +116,8 @@ rule plot_pass_at_k:
         ),
     log:
         "logs/plots/pass_at_k.log",
+    conda:
+        "../environment.yml"
     params:
         plot="pass_at_k",
     script:

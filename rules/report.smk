@@ -14,6 +14,8 @@ rule config_snapshot:
         ),
     log:
         "logs/config_snapshot.log",
+    conda:
+        "../environment.yml"
     params:
         config=config,
     script:

@@ -9,12 +9,14 @@ rule toy_study:
             caption="../reports/toy_study.rst",
             category="5. Toy-world studies",
         ),
-    params:
-        settings=config["studies"].get("exact_toy"),
-        seed=lambda wildcards: derive_seed(config["seed"], "study", wildcards.study),
     log:
         "logs/toy_study/{study}.log",
     wildcard_constraints:
         study="power_vs_temperature|convergence|greedy_vs_power",
+    conda:
+        "../environment.yml"
+    params:
+        settings=config["studies"].get("exact_toy"),
+        seed=lambda wildcards: derive_seed(config["seed"], "study", wildcards.study),
     script:
         "../workflow/scripts/toy_study.py"
