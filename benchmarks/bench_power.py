@@ -5,7 +5,9 @@ batches of 1, 8, 32, 64 problems (one chain each); the reference runs a few prob
 at a time, every proposal a fresh ``model.generate`` call (see ``reference_power.py``).
 EOS is masked out of the model's logits so every run ends by the token cap and both do
 the same amount of work per problem. Results: ``benchmarks/results/<name>.json`` and a
-markdown table on stdout. Not a test; ratios are measured within one run.
+markdown table on stdout. Not a test; ratios are measured within one run: ``--repeats``
+interleaved rounds (every batch size, then the reference), medians reported, and the ratio
+at batch 32 also per round, by wall time and by CPU time of this process.
 
     python benchmarks/bench_power.py --model toy                       # CPU, a few minutes
     python benchmarks/bench_power.py --model qwen2.5-math-1.5b-shape --device cuda
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -99,6 +102,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--reference-problems", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians reported")
     ap.add_argument("--bandwidth-gbs", type=float, default=None, help="HBM bandwidth (GPU)")
     ap.add_argument(
         "--threads",
@@ -138,73 +142,78 @@ def main(argv=None) -> dict:
     )
     sampler.sample(prompts[:2], torch_generator(0, device))  # warm-up
 
-    rows = []
-    for b in batch_sizes:
+    # Interleaved repeats (every batch size, then the reference, per repeat) and medians:
+    # the machine may be shared, so each repeat sees similar conditions for all methods.
+    runs: dict[str, list[dict]] = {}
+    for rep in range(args.repeats):
+        for b in batch_sizes:
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = sampler.sample(prompts[:b], torch_generator(1 + rep, device))
+            sync(device)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            runs.setdefault(f"batched (batch {b})", []).append(
+                {
+                    "batch": b,
+                    "problems": b,
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "tokens_decoded": sum(o["tokens_decoded"] for o in out),
+                    "tokens_prefilled": sum(o["tokens_prefilled"] for o in out),
+                    "acceptance_rate": sum(o["acceptance_rate"] for o in out) / b,
+                }
+            )
+            print(f"repeat {rep} batched {b}: {wall:.2f}s wall, {cpu:.2f}s cpu", file=sys.stderr)
+        ref = []
         sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        out = sampler.sample(prompts[:b], torch_generator(1, device))
+        for k in range(args.reference_problems):
+            ref.append(
+                reference_power_sample(
+                    model,
+                    prompts[k],
+                    eos_id=eos,
+                    alpha=args.alpha,
+                    block_size=args.block_size,
+                    mcmc_steps=args.mcmc_steps,
+                    max_new_tokens=args.max_new_tokens,
+                    seed=k + 1000 * rep,
+                )
+            )
         sync(device)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        decoded = sum(o["tokens_decoded"] for o in out)
-        rows.append(
+        n = args.reference_problems
+        runs.setdefault("reference (one at a time)", []).append(
             {
-                "method": f"batched (batch {b})",
-                "batch": b,
-                "problems": b,
+                "batch": 1,
+                "problems": n,
                 "wall_s": wall,
                 "cpu_s": cpu,
-                "s_per_problem": wall / b,
-                "problems_per_s": b / wall,
-                "tokens_decoded": decoded,
-                "decode_tokens_per_s": decoded / wall,
-                "tokens_prefilled": sum(o["tokens_prefilled"] for o in out),
-                "acceptance_rate": sum(o["acceptance_rate"] for o in out) / b,
+                "tokens_decoded": sum(r["tokens_decoded"] for r in ref),
+                "tokens_prefilled": sum(r["tokens_prefilled"] for r in ref),
+                "acceptance_rate": sum(r["acceptance_rate"] for r in ref) / n,
             }
         )
-        print(f"batched {b}: {wall:.2f}s", file=sys.stderr)
+        print(f"repeat {rep} reference: {wall:.2f}s wall, {cpu:.2f}s cpu", file=sys.stderr)
 
-    ref = []
-    sync(device)
-    t0, c0 = time.perf_counter(), time.process_time()
-    for k in range(args.reference_problems):
-        ref.append(
-            reference_power_sample(
-                model,
-                prompts[k],
-                eos_id=eos,
-                alpha=args.alpha,
-                block_size=args.block_size,
-                mcmc_steps=args.mcmc_steps,
-                max_new_tokens=args.max_new_tokens,
-                seed=k,
-            )
-        )
-    sync(device)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    n = args.reference_problems
-    decoded = sum(r["tokens_decoded"] for r in ref)
-    rows.append(
-        {
-            "method": "reference (one at a time)",
-            "batch": 1,
-            "problems": n,
-            "wall_s": wall,
-            "cpu_s": cpu,
-            "s_per_problem": wall / n,
-            "problems_per_s": n / wall,
-            "tokens_decoded": decoded,
-            "decode_tokens_per_s": decoded / wall,
-            "tokens_prefilled": sum(r["tokens_prefilled"] for r in ref),
-            "acceptance_rate": sum(r["acceptance_rate"] for r in ref) / n,
-        }
-    )
+    rows = [summarise(method, reps) for method, reps in runs.items()]
     # CPU time of this process is also recorded: on a shared CPU machine, wall time includes
     # waiting for other processes, while CPU seconds (one thread) measure the work itself.
+    ref_runs = runs["reference (one at a time)"]
     ref_rate = rows[-1]["problems_per_s"]
     ref_cpu_per_problem = rows[-1]["cpu_s"] / rows[-1]["problems"]
-    for row in rows:
+    for row, reps in zip(rows, runs.values(), strict=True):
         row["speedup_vs_reference"] = row["problems_per_s"] / ref_rate
         row["cpu_speedup_vs_reference"] = ref_cpu_per_problem / (row["cpu_s"] / row["problems"])
+        # The same ratios within each repeat (the reference run right after this one).
+        row["speedup_per_repeat"] = [
+            (r["problems"] / r["wall_s"]) / (q["problems"] / q["wall_s"])
+            for r, q in zip(reps, ref_runs, strict=True)
+        ]
+        row["cpu_speedup_per_repeat"] = [
+            (q["cpu_s"] / q["problems"]) / (r["cpu_s"] / r["problems"])
+            for r, q in zip(reps, ref_runs, strict=True)
+        ]
 
     n_params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -238,6 +247,7 @@ def main(argv=None) -> dict:
             "kv_heads": cfg.num_key_value_heads,
         },
         "settings": settings,
+        "repeats": args.repeats,
         "bandwidth_bound": bound,
         "rows": rows,
         "speedup_batch32_vs_reference": next(
@@ -252,6 +262,26 @@ def main(argv=None) -> dict:
     print(markdown_table(result))
     print(f"\nwritten: {out_path}")
     return result
+
+
+def summarise(method: str, reps: list[dict]) -> dict:
+    """One table row from the repeats of one method: medians of times and of counters."""
+    med = {k: statistics.median(r[k] for r in reps) for k in reps[0] if k not in ("batch",)}
+    return {
+        "method": method,
+        "batch": reps[0]["batch"],
+        "problems": reps[0]["problems"],
+        "wall_s": med["wall_s"],
+        "cpu_s": med["cpu_s"],
+        "wall_s_all": [r["wall_s"] for r in reps],
+        "cpu_s_all": [r["cpu_s"] for r in reps],
+        "s_per_problem": med["wall_s"] / reps[0]["problems"],
+        "problems_per_s": reps[0]["problems"] / med["wall_s"],
+        "tokens_decoded": med["tokens_decoded"],
+        "decode_tokens_per_s": med["tokens_decoded"] / med["wall_s"],
+        "tokens_prefilled": med["tokens_prefilled"],
+        "acceptance_rate": med["acceptance_rate"],
+    }
 
 
 def markdown_table(result: dict) -> str:
@@ -274,6 +304,16 @@ def markdown_table(result: dict) -> str:
     ]
     for row in result["rows"]:
         lines.append("| " + " | ".join(f.format(row[c]) for c, f in cols) + " |")
+    for row in result["rows"]:
+        if row["batch"] == 32:
+            per_wall = ", ".join(f"{x:.1f}" for x in row["speedup_per_repeat"])
+            per_cpu = ", ".join(f"{x:.1f}" for x in row["cpu_speedup_per_repeat"])
+            lines += [
+                "",
+                f"batch 32 vs reference over {result['repeats']} repeats (medians): "
+                f"wall {row['speedup_vs_reference']:.1f}× (per repeat {per_wall}); "
+                f"CPU {row['cpu_speedup_vs_reference']:.1f}× (per repeat {per_cpu})",
+            ]
     return "\n".join(lines)
 
 

@@ -33,14 +33,27 @@ then target π_α at ``max_new_tokens`` for every chain, at the price of running
 through every block. :func:`powersampling.toy.enumerate.sampler_distribution` gives the
 exact output distribution of either procedure, and the tests compare against it.
 
-Batching: all active chains of all prompts advance together; every extension and every
-MH step is one :meth:`~powersampling.engine.DecodingEngine.extend` call over every active
-chain's prefix, with per-row token budgets. All random choices (tokens, cut indices,
-accept draws) come from the one generator passed to :meth:`PowerSampler.sample`.
+Batching (continuous): the chains of all prompts share one running decode batch
+(:class:`~powersampling.engine.RollingDecoder`), but each chain moves on its own: as soon
+as a proposal ends (EOS or the cap), that chain's accept/reject is done and its next
+proposal (next MH step, or the next block's extension) joins the batch at the next decode
+step. So no chain waits for the longest suffix of the others, and every decode step runs a
+full batch while work is left. Each chain's transitions are unchanged (same proposal law,
+same acceptance test); only their interleaving across chains differs. All random choices
+(tokens, cut indices, accept draws) come from the one generator passed to
+:meth:`PowerSampler.sample`; the output is a function of its seed and the prompts (and
+``max_batch_size``), but a chain's draws depend on the other chains in the batch.
 
-Cost note: each proposal re-encodes prompt + x_{<i} (counted in ``tokens_prefilled``);
-KV caches are not reused across steps. Prefill is one parallel forward per step, so on
-an accelerator the sequential decoding of the new suffix dominates the cost.
+KV reuse: each distinct prompt is encoded once (all but its last token). A chain keeps
+the KV cache of its current state (prompt + answer, all but the last token); a proposal
+cut at i starts from that cache's first P + i - 1 columns and feeds the one token before
+the cut, so a proposal costs one decode step per new token and re-encodes one token,
+whatever the prefix length. On acceptance the proposal's cache becomes the chain's.
+``tokens_prefilled`` counts what was encoded without being sampled: the prompt (less its
+last token, for the first chain of each distinct prompt) plus one token per proposal
+(block extensions included). Keys and values of the kept prefix were computed when its
+tokens were generated, in another batch layout; they equal a fresh prefill up to float
+rounding.
 """
 
 from __future__ import annotations
@@ -52,6 +65,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from powersampling.engine import RollingDecoder
 from powersampling.errors import UserError
 from powersampling.samplers import (
     Sampler,
@@ -81,6 +95,14 @@ class _Chain:
     entropy: np.ndarray = field(default_factory=lambda: np.zeros(0))
     top1: np.ndarray = field(default_factory=lambda: np.zeros(0))
     eos: bool = False  # the current answer ends with an EOS token
+    # KV cache of prompt + answer without its last token, [layers, 2, kv_heads, P + L - 1, hd]
+    kv: torch.Tensor | None = None
+    block: int = 0  # index of the current block
+    extended: bool = False  # the current block's extension is done (or not needed)
+    steps: int = 0  # MH steps done in the current block
+    accepted_at_block_start: int = 0
+    cut: int = 0  # cut index of the proposal in flight
+    in_extension: bool = False  # the proposal in flight is the block's extension
     proposals: int = 0
     accepted: int = 0
     decoded: int = 0
@@ -88,14 +110,14 @@ class _Chain:
     trace: list[dict] = field(default_factory=list)
     wall_time_s: float = math.nan
 
-    def replace_suffix(self, cut: int, ext, row: int) -> None:
-        """Keep tokens [0, cut) and append row ``row`` of the extension ``ext``."""
-        self.tokens = self.tokens[:cut] + ext.tokens[row]
-        self.logp = np.concatenate([self.logp[:cut], ext.logp[row].numpy()])
-        self.logq = np.concatenate([self.logq[:cut], ext.logq[row].numpy()])
-        self.entropy = np.concatenate([self.entropy[:cut], ext.entropy[row].numpy()])
-        self.top1 = np.concatenate([self.top1[:cut], ext.top1[row].numpy()])
-        self.eos = ext.finish_reason[row] == "eos"
+    def replace_suffix(self, cut: int, tokens: list[int], stats: np.ndarray, eos: bool) -> None:
+        """Keep tokens [0, cut) and append ``tokens`` with their stats [4, n]."""
+        self.tokens = self.tokens[:cut] + tokens
+        self.logp = np.concatenate([self.logp[:cut], stats[0]])
+        self.logq = np.concatenate([self.logq[:cut], stats[1]])
+        self.entropy = np.concatenate([self.entropy[:cut], stats[2]])
+        self.top1 = np.concatenate([self.top1[:cut], stats[3]])
+        self.eos = eos
 
 
 def log_acceptance(
@@ -164,54 +186,6 @@ class PowerSampler(Sampler):
         self.temperature = float(p["proposal_temperature"])
         self.caps = block_caps(p["block_size"], p["max_new_tokens"])
 
-    # ------------------------------------------------------------------ engine calls
-
-    def _extend(self, chains: list[_Chain], cuts: list[int], cap: int, generator):
-        """One batched proposal: prompt + x_{<cut} extended with q until EOS or ``cap``."""
-        prefixes = [c.prompt + c.tokens[:i] for c, i in zip(chains, cuts, strict=True)]
-        ext = self.engine.extend(
-            prefixes,
-            [cap - i for i in cuts],
-            temperature=self.temperature,
-            top_k=self.params["proposal_top_k"],
-            generator=generator,
-        )
-        for row, (chain, prefix) in enumerate(zip(chains, prefixes, strict=True)):
-            chain.decoded += len(ext.tokens[row])
-            chain.prefilled += len(prefix)
-        return ext
-
-    def _uniforms(self, n: int, generator) -> torch.Tensor:
-        device = generator.device if generator is not None else "cpu"
-        return torch.rand(n, generator=generator, device=device, dtype=torch.float64).cpu()
-
-    def _mh_step(self, chains: list[_Chain], cap: int, generator) -> None:
-        """One Metropolis–Hastings step for every chain, with one engine call."""
-        lengths = [len(c.tokens) for c in chains]  # all >= 1 after a block's extension
-        u_cut = self._uniforms(len(chains), generator)
-        cuts = [min(int(u * n), n - 1) for u, n in zip(u_cut.tolist(), lengths, strict=True)]
-        ext = self._extend(chains, cuts, cap, generator)
-        u_acc = self._uniforms(len(chains), generator).tolist()
-        for row, (chain, i, n) in enumerate(zip(chains, cuts, lengths, strict=True)):
-            chain.proposals += 1
-            if self.params["greedy_accept"]:
-                accept = float(ext.logp[row].sum()) >= float(chain.logp[i:].sum())
-            else:
-                log_r = log_acceptance(
-                    self.alpha,
-                    chain.logp[i:],
-                    chain.logq[i:],
-                    ext.logp[row],
-                    ext.logq[row],
-                    n,
-                    i + len(ext.tokens[row]),
-                )
-                # u < min(1, r)  ⇔  log u < log r  (u in [0, 1), log 0 = -inf)
-                accept = log_r >= 0 or math.log(max(u_acc[row], 1e-300)) < log_r
-            if accept:
-                chain.accepted += 1
-                chain.replace_suffix(i, ext, row)
-
     # ------------------------------------------------------------------ main loop
 
     def sample(self, prompts: list[list[int]], generator: torch.Generator) -> list[dict]:
@@ -222,39 +196,127 @@ class PowerSampler(Sampler):
         """
         t0 = time.perf_counter()
         chains = [_Chain(prompt=list(p)) for p in prompts]
-        active = list(chains)
-        for k, cap in enumerate(self.caps):
-            if not active:
-                break
-            # Extension: the first block starts from the empty answer (L = 0); it is a plain
-            # proposal draw and is taken as the chain's state without an acceptance test.
-            # Chains kept after EOS (stop_at_eos false) are complete answers: not extended.
-            growing = [c for c in active if not c.eos]
-            if growing:
-                ext = self._extend(growing, [len(c.tokens) for c in growing], cap, generator)
-                for row, chain in enumerate(growing):
-                    chain.replace_suffix(len(chain.tokens), ext, row)
-            accepted_before = [c.accepted for c in active]
-            for _ in range(self.params["mcmc_steps"]):
-                self._mh_step(active, cap, generator)
-            last = k == len(self.caps) - 1
-            still = []
-            for chain, before in zip(active, accepted_before, strict=True):
-                chain.trace.append(
-                    {
-                        "block": k,
-                        "length": len(chain.tokens),
-                        "proposals": self.params["mcmc_steps"],
-                        "accepted": chain.accepted - before,
-                        "logp": float(chain.logp.sum()),
-                    }
-                )
-                if last or (chain.eos and self.params["stop_at_eos"]):
-                    chain.wall_time_s = time.perf_counter() - t0
-                else:
-                    still.append(chain)
-            active = still
+        if not chains:
+            return []
+        engine = self.engine
+        longest = max(len(c.prompt) for c in chains) + self.caps[-1]
+        engine._check_rows([c.prompt for c in chains], [self.caps[-1]] * len(chains), "new tokens")
+        n = len(chains)
+        decoder = RollingDecoder(
+            engine,
+            slots=min(n, engine.max_batch_size or n),
+            max_len=longest,
+            temperature=self.temperature,
+            top_k=self.params["proposal_top_k"],
+            generator=generator,
+        )
+        # Each distinct prompt is encoded once (all but its last token, which every first
+        # extension feeds); chains of the same prompt share that cache. The prefill is
+        # counted in the tokens_prefilled of the first chain of the prompt.
+        first: dict[tuple, int] = {}
+        for j, c in enumerate(chains):
+            first.setdefault(tuple(c.prompt), j)
+        kvs = decoder.prefill([chains[j].prompt[:-1] for j in first.values()])
+        for j in first.values():
+            chains[j].prefilled += len(chains[j].prompt) - 1
+        by_prompt = {key: kv for key, kv in zip(first, kvs, strict=True)}
+        for j, c in enumerate(chains):
+            c.kv = by_prompt[tuple(c.prompt)]
+            self._advance(j, c, decoder, generator, t0)
+        while decoder.has_work:
+            for row in decoder.step():
+                j = row.tag
+                self._on_proposal(chains[j], row, decoder, generator)
+                self._advance(j, chains[j], decoder, generator, t0)
         return [self._record(c) for c in chains]
+
+    def _uniform(self, generator) -> float:
+        device = generator.device if generator is not None else "cpu"
+        return float(torch.rand((), generator=generator, device=device, dtype=torch.float64))
+
+    def _propose(self, j: int, chain: _Chain, cut: int, decoder: RollingDecoder) -> None:
+        """Queue the proposal prompt + x_{<cut} → q until EOS or the block's cap.
+
+        The row reuses the chain's cache of prompt + x_{<cut-1} and feeds the one token
+        before the cut, so a proposal re-encodes a single token whatever its prefix.
+        """
+        P = len(chain.prompt)
+        c = P + cut - 1  # cached columns
+        token = chain.tokens[cut - 1] if cut > 0 else chain.prompt[-1]
+        chain.cut = cut
+        chain.prefilled += 1
+        decoder.add(chain.kv[:, :, :, :c], token, self.caps[chain.block] - cut, j)
+
+    def _advance(self, j: int, chain: _Chain, decoder, generator, t0: float) -> None:
+        """Queue the chain's next proposal, or close blocks until it needs one or is done."""
+        steps = self.params["mcmc_steps"]
+        while True:
+            if not chain.extended:
+                chain.extended = True
+                chain.accepted_at_block_start = chain.accepted
+                # Extension: the first block starts from the empty answer (L = 0); it is a
+                # plain proposal draw and is taken as the chain's state without an
+                # acceptance test. Answers ending with EOS (stop_at_eos false) are complete:
+                # not extended.
+                if not chain.eos:
+                    chain.in_extension = True
+                    self._propose(j, chain, len(chain.tokens), decoder)
+                    return
+            if chain.steps < steps:
+                L = len(chain.tokens)  # >= 1 after a block's extension
+                cut = min(int(self._uniform(generator) * L), L - 1)
+                self._propose(j, chain, cut, decoder)
+                return
+            chain.trace.append(
+                {
+                    "block": chain.block,
+                    "length": len(chain.tokens),
+                    "proposals": steps,
+                    "accepted": chain.accepted - chain.accepted_at_block_start,
+                    "logp": float(chain.logp.sum()),
+                }
+            )
+            last = chain.block == len(self.caps) - 1
+            if last or (chain.eos and self.params["stop_at_eos"]):
+                chain.wall_time_s = time.perf_counter() - t0
+                chain.kv = None  # free the cache
+                return
+            chain.block += 1
+            chain.extended = False
+            chain.steps = 0
+
+    def _on_proposal(self, chain: _Chain, row, decoder: RollingDecoder, generator) -> None:
+        """A proposal came back: take it (extension) or accept/reject it (MH step)."""
+        i = chain.cut
+        stats = row.stats.numpy()  # [4, n]: log p, log q, entropy, top-1
+        eos = row.finish_reason == "eos"
+        chain.decoded += len(row.tokens)
+        if chain.in_extension:
+            chain.in_extension = False
+            chain.replace_suffix(i, row.tokens, stats, eos)
+            chain.kv = decoder.kv(row)
+            return
+        chain.steps += 1
+        chain.proposals += 1
+        if self.params["greedy_accept"]:
+            accept = float(stats[0].sum()) >= float(chain.logp[i:].sum())
+        else:
+            log_r = log_acceptance(
+                self.alpha,
+                chain.logp[i:],
+                chain.logq[i:],
+                stats[0],
+                stats[1],
+                len(chain.tokens),
+                i + len(row.tokens),
+            )
+            u = self._uniform(generator)
+            # u < min(1, r)  ⇔  log u < log r  (u in [0, 1), log 0 = -inf)
+            accept = log_r >= 0 or math.log(max(u, 1e-300)) < log_r
+        if accept:
+            chain.accepted += 1
+            chain.replace_suffix(i, row.tokens, stats, eos)
+            chain.kv = decoder.kv(row)
 
     def _record(self, chain: _Chain) -> dict:
         rec = completion_record(
