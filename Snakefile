@@ -17,7 +17,6 @@ if not config:
     configfile: "config/config.yaml"
 
 
-
 report: "reports/workflow.rst"
 
 

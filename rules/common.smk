@@ -5,6 +5,7 @@ import sys
 
 from powersampling.config import (
     TOY_SOURCE,
+    Run,
     shard_rows,
     n_shards,
     planned_runs,
@@ -93,8 +94,18 @@ def study_outputs():
     ]
 
 
+def alpaca_eval_exports():
+    """AlpacaEval is judged outside the workflow: it gets its outputs in judge format."""
+    return [
+        f"results/alpaca_eval/{run.task}/{run.model}/{run.method}/seed{run.seed}.json"
+        for run in RUNS
+        if config["tasks"][run.task]["kind"] == "alpaca"
+    ]
+
+
 def all_outputs():
     return [
+        *alpaca_eval_exports(),
         "results/tables/accuracy.parquet",
         "results/tables/pass_at_k.parquet",
         *PLOTS,

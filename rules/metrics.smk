@@ -25,3 +25,27 @@ rule collect_metrics:
         seed=config["seed"],
     script:
         "../workflow/scripts/collect_metrics.py"
+
+
+rule export_alpaca_eval:
+    input:
+        generations=lambda wildcards: shard_paths(
+            "generations",
+            [
+                Run(
+                    wildcards.task,
+                    wildcards.model,
+                    wildcards.method,
+                    int(wildcards.seed),
+                )
+            ],
+        ),
+        data="data/{task}.parquet",
+    output:
+        "results/alpaca_eval/{task}/{model}/{method}/seed{seed}.json",
+    log:
+        "logs/export_alpaca_eval/{task}/{model}/{method}/seed{seed}.log",
+    conda:
+        "../environment.yml"
+    script:
+        "../workflow/scripts/export_alpaca_eval.py"

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "config", "reports"]
+WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "config", "reports", "environment.yml"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 

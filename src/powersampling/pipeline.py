@@ -72,6 +72,11 @@ def fetch_task_data(
     return pd.read_parquet(out_path)
 
 
+def task_with_data(task_name: str, task: dict[str, Any], *, seed: int, data_path):
+    """The task, reading its problems from the workflow's data file."""
+    return get_task(task_name, {**task, "data_path": str(data_path)}, seed=seed)
+
+
 # --------------------------------------------------------------------------------------
 # Models
 
@@ -137,7 +142,8 @@ def generate_shard_file(
 
     torch.set_num_threads(threads)
     start, stop = rows
-    problems = pd.read_parquet(data_path).iloc[start:stop].reset_index(drop=True)
+    task_obj = task_with_data(task_name, task, seed=task_seed, data_path=data_path)
+    problems = task_obj.load().iloc[start:stop].reset_index(drop=True)
     if problems.empty:
         raise UserError(f"shard {shard} of task {task_name} has no problems (rows {start}-{stop})")
     source = model_dir or model["source"]
@@ -150,7 +156,7 @@ def generate_shard_file(
     frame = generate_shard(
         lm,
         tokenizer,
-        get_task(task_name, task, seed=task_seed),
+        task_obj,
         problems,
         task_name=task_name,
         model_name=model_name,
@@ -209,10 +215,8 @@ def grade_shard_file(
     out_path,
     log: Log = _no_log,
 ) -> pd.DataFrame:
-    generations = pd.read_parquet(generations_path)
-    graded = grade_frame(
-        generations, pd.read_parquet(data_path), get_task(task_name, task, seed=task_seed)
-    )
+    task_obj = task_with_data(task_name, task, seed=task_seed, data_path=data_path)
+    graded = grade_frame(pd.read_parquet(generations_path), task_obj.load(), task_obj)
     io.write_parquet(graded, out_path, io.GRADED_SCHEMA)
     log(
         f"graded {len(graded)} rows: {graded['correct'].mean():.3f} correct, "
@@ -289,6 +293,19 @@ def accuracy_html(accuracy: pd.DataFrame, level: float) -> str:
         f"<h3>Accuracy by task, model and method ({pct} bootstrap CIs over problems)</h3>"
         f"{table}</body></html>\n"
     )
+
+
+def export_alpaca_eval_file(
+    *, generation_paths: Sequence[str], data_path, generator: str, out_path, log: Log = _no_log
+) -> int:
+    """One run's outputs as alpaca_eval's JSON list (instruction, output, generator, dataset)."""
+    from powersampling.tasks.alpaca import export_alpaca_eval
+
+    count = export_alpaca_eval(
+        io.read_parquet(list(generation_paths)), generator, out_path, pd.read_parquet(data_path)
+    )
+    log(f"exported {count} outputs of {generator} to {out_path}")
+    return count
 
 
 # --------------------------------------------------------------------------------------

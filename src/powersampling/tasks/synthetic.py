@@ -42,6 +42,9 @@ class SyntheticTask(Task):
         return {**DEFAULT_GENERATOR, **given}
 
     def load(self) -> pd.DataFrame:
+        """The problems written by the workflow's data rule if given, else generated afresh."""
+        if self.config.get("data_path"):
+            return pd.read_parquet(self.config["data_path"]).head(self.size)
         return generate_problems(self.size, seed=self.seed, **self.generator)
 
     def prompt(self, row: dict[str, Any], tokenizer=None, chat_template: bool = False) -> str:

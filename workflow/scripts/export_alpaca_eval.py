@@ -1,0 +1,13 @@
+"""Write one run's AlpacaEval outputs in alpaca_eval's JSON format, for its judge."""
+
+from powersampling.logs import job_log
+from powersampling.pipeline import export_alpaca_eval_file
+
+with job_log(snakemake.log[0]) as log:
+    export_alpaca_eval_file(
+        generation_paths=list(snakemake.input.generations),
+        data_path=snakemake.input.data,
+        generator=f"{snakemake.wildcards.model}/{snakemake.wildcards.method}",
+        out_path=snakemake.output[0],
+        log=log.info,
+    )
