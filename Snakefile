@@ -31,6 +31,19 @@ include: "rules/studies.smk"
 include: "rules/report.smk"
 
 
+# Bookkeeping too small to be worth a cluster job: run inside the Snakemake process.
+localrules:
+    all,
+    config_snapshot,
+    export_alpaca_eval,
+    plot_accuracy_by_method,
+    plot_accuracy_vs_temperature,
+    plot_logp_by_method,
+    plot_tokens_by_method,
+    plot_acceptance_by_block,
+    plot_pass_at_k,
+
+
 rule all:
     default_target: True
     input:
