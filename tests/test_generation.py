@@ -8,7 +8,7 @@ import pytest
 from helpers_models import EOS_ID, one_torch_thread, tiny_model, tiny_tokenizer  # noqa: F401
 
 from powersampling.errors import UserError
-from powersampling.generation import eos_token_ids, generate_shard
+from powersampling.generation import generate_shard
 from powersampling.io import GENERATION_SCHEMA, read_parquet, write_parquet
 from powersampling.tasks import Grade, Task
 
@@ -109,11 +109,3 @@ def test_too_long_prompt_names_the_problem(model, tokenizer):
             model, tokenizer, SumTask("sums", {}), problems,
             method_name="greedy", method={"sampler": "greedy", "max_new_tokens": 8}, **RUN,
         )  # fmt: skip
-
-
-def test_eos_ids_merge_tokenizer_and_generation_config(model, tokenizer):
-    model.generation_config.eos_token_id = [EOS_ID, 5]
-    try:
-        assert eos_token_ids(model, tokenizer) == [EOS_ID, 5]
-    finally:
-        model.generation_config.eos_token_id = EOS_ID

@@ -16,7 +16,9 @@ from workflow_helpers import copy_workflow, load_test_config, snakemake, write_c
 pytestmark = pytest.mark.slow
 
 GENERATIONS = "results/generations/arithmetic/toy/{method}/seed{seed}/shard{shard:03d}.parquet"
-RUNS = [("greedy", 0), ("temp_1.0", 0), ("temp_1.0", 1), ("temp_0.5", 0), ("temp_0.5", 1)]
+RUNS = [("greedy", 0)] + [
+    (method, seed) for method in ("temp_1.0", "temp_0.5", "power_2") for seed in (0, 1)
+]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def test_toy_model_is_a_hugging_face_model_dir(finished_run):
 def test_accuracy_table_has_a_row_per_method_with_cis(finished_run):
     workdir, _ = finished_run
     table = pd.read_parquet(workdir / "results/tables/accuracy.parquet")
-    assert sorted(table["method"]) == ["greedy", "temp_0.5", "temp_1.0"]
+    assert sorted(table["method"]) == ["greedy", "power_2", "temp_0.5", "temp_1.0"]
     assert (table["ci_low"] <= table["accuracy"]).all()
     assert (table["accuracy"] <= table["ci_high"]).all()
     graded = pd.concat(pd.read_parquet(p) for p in shard_files(workdir, "graded"))
@@ -129,7 +131,8 @@ def test_same_config_gives_same_outputs(finished_run, tmp_path):
     again = copy_workflow(tmp_path / "again")
     config = write_config(again, load_test_config())
     target = GENERATIONS.format(method="temp_1.0", seed=1, shard=1)
-    snakemake(again, "--configfile", str(config), target)
+    # targets go first: --configfile takes every value after it
+    snakemake(again, target, "--configfile", str(config))
     first = pd.read_parquet(workdir / target)
     second = pd.read_parquet(again / target)
     assert list(first["completion"]) == list(second["completion"])
@@ -156,7 +159,33 @@ def test_prompt_longer_than_context_fails_cleanly(finished_run, tmp_path):
     path = write_config(workdir, config, name="too_long.yaml")
     target = GENERATIONS.format(method="greedy", seed=0, shard=0)
     (workdir / target).unlink()
-    result = snakemake(workdir, "--configfile", str(path), target, check=False)
+    result = snakemake(workdir, target, "--configfile", str(path), check=False)
     assert result.returncode != 0
     assert re.search(r"context|max_position_embeddings|too long", result.stdout + result.stderr)
     assert not (workdir / target).exists()
+
+
+def test_power_sampling_rows_carry_their_mcmc_record(finished_run):
+    workdir, _ = finished_run
+    power = pd.concat(
+        pd.read_parquet(workdir / GENERATIONS.format(method="power_2", seed=s, shard=i))
+        for s in (0, 1)
+        for i in range(2)
+    )
+    assert power["acceptance_rate"].between(0, 1).all()
+    assert (power["proposals"] >= 2).all()  # at least mcmc_steps per block
+    assert (power["tokens_decoded"] >= power["n_new_tokens"]).all()
+    assert power["block_trace"].map(len).ge(1).all()
+    greedy = pd.read_parquet(workdir / GENERATIONS.format(method="greedy", seed=0, shard=0))
+    assert greedy["acceptance_rate"].isna().all() and greedy["block_trace"].isna().all()
+    acceptance = pd.read_parquet(workdir / "results/tables/acceptance_by_block.parquet")
+    assert set(acceptance["method"]) == {"power_2"}
+
+
+def test_exact_toy_studies_are_in_the_results(finished_run):
+    workdir, _ = finished_run
+    gaps = pd.read_parquet(workdir / "results/studies/power_vs_temperature.parquet")
+    # under pi_alpha log-probability gaps scale by exactly alpha
+    assert gaps["power_over_p"].dropna().sub(gaps["alpha"]).abs().max() < 1e-6
+    convergence = pd.read_parquet(workdir / "results/studies/convergence.parquet")
+    assert set(convergence["block_size"]) == {1, 3}

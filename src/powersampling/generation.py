@@ -16,20 +16,9 @@ from tqdm import tqdm
 from powersampling.engine import DecodingEngine
 from powersampling.errors import UserError
 from powersampling.io import GENERATION_SCHEMA
+from powersampling.models import eos_token_ids
 from powersampling.samplers import get_sampler
 from powersampling.seeding import derive_seed, torch_generator
-
-
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every token that ends a completion: the tokenizer's EOS and the generation config's."""
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen_config = getattr(model, "generation_config", None)
-    extra = getattr(gen_config, "eos_token_id", None)
-    if extra is not None:
-        ids.update(int(t) for t in ([extra] if isinstance(extra, int) else extra))
-    return sorted(ids)
 
 
 def _emit(log, message: str) -> None:
@@ -88,7 +77,7 @@ def generate_shard(
 
     # Check every prompt before any work, so a bad problem fails fast and by name.
     context = engine.max_positions
-    budget = method.get("max_new_tokens", 0)
+    budget = sampler.params["max_new_tokens"]
     for row, ids in zip(rows, prompt_ids, strict=True):
         if not ids:
             raise UserError(f"problem {row['problem_id']} of task {task_name}: the prompt is empty")
@@ -109,9 +98,11 @@ def generate_shard(
             t0 = time.perf_counter()
             results = sampler.sample(batch, generator)
             elapsed = time.perf_counter() - t0
-            # Rows of a batch run together, so the batch's wall time is split evenly over them.
+            # Rows of a batch run together: unless the sampler timed each row itself (power
+            # sampling times each chain), the batch's wall time is split evenly over them.
             for res in results:
-                res["wall_time_s"] = elapsed / len(batch)
+                if res.get("wall_time_s") is None:
+                    res["wall_time_s"] = elapsed / len(batch)
             records.extend(results)
             bar.update(len(batch))
             done = start + len(batch)
