@@ -36,6 +36,7 @@ localrules:
     all,
     config_snapshot,
     export_alpaca_eval,
+    judge_alpaca_eval,  # calls a web API: compute nodes often have no internet
     plot_accuracy_by_method,
     plot_accuracy_vs_temperature,
     plot_logp_by_method,

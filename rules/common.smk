@@ -95,9 +95,10 @@ def study_outputs():
 
 
 def alpaca_eval_exports():
-    """AlpacaEval is judged outside the workflow: it gets its outputs in judge format."""
+    """AlpacaEval outputs in its judge's format; judged too when the config has a judge."""
+    suffix = "_judged" if "alpaca_eval_judge" in config else ".json"
     return [
-        f"results/alpaca_eval/{run.task}/{run.model}/{run.method}/seed{run.seed}.json"
+        f"results/alpaca_eval/{run.task}/{run.model}/{run.method}/seed{run.seed}{suffix}"
         for run in RUNS
         if config["tasks"][run.task]["kind"] == "alpaca"
     ]

@@ -49,3 +49,18 @@ rule export_alpaca_eval:
         "../environment.yml"
     script:
         "../workflow/scripts/export_alpaca_eval.py"
+
+
+rule judge_alpaca_eval:
+    input:
+        "results/alpaca_eval/{task}/{model}/{method}/seed{seed}.json",
+    output:
+        directory("results/alpaca_eval/{task}/{model}/{method}/seed{seed}_judged"),
+    params:
+        judge=config.get("alpaca_eval_judge"),
+    log:
+        "logs/judge_alpaca_eval/{task}/{model}/{method}/seed{seed}.log",
+    conda:
+        "../environment.yml"
+    script:
+        "../workflow/scripts/judge_alpaca_eval.py"

@@ -308,6 +308,26 @@ def export_alpaca_eval_file(
     return count
 
 
+def judge_alpaca_eval(outputs_path, out_dir, *, judge: dict[str, Any], log: Log = _no_log):
+    """Run alpaca_eval's judge into ``out_dir`` (built beside it, renamed when complete)."""
+    import shutil
+    import tempfile
+
+    from powersampling.tasks.alpaca import run_alpaca_eval_judge
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        leaderboard = run_alpaca_eval_judge(
+            outputs_path, work, annotator=judge["annotator"], api_key_env=judge["api_key_env"]
+        )
+        work.rename(out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"judged {outputs_path}: {out_dir / leaderboard.name}")
+
+
 # --------------------------------------------------------------------------------------
 # Toy-world studies (exact enumeration)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -87,3 +89,43 @@ def export_alpaca_eval(
 def judge_command_available() -> bool:
     """Whether the ``alpaca_eval`` command line tool is installed (nothing is run)."""
     return shutil.which("alpaca_eval") is not None
+
+
+def run_alpaca_eval_judge(
+    outputs_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    annotator: str,
+    api_key_env: str,
+    runner=subprocess.run,
+) -> Path:
+    """Judge exported outputs with alpaca_eval's command line tool; returns its leaderboard.
+
+    The judge is a paid API: it needs the ``alpaca_eval`` tool and a key in the environment
+    variable ``api_key_env``. Either missing stops with a message saying what to do.
+    """
+    if not os.environ.get(api_key_env):
+        raise UserError(
+            f"the AlpacaEval judge needs an API key in ${api_key_env}; export it, "
+            "or remove the 'alpaca_eval_judge' section from the config"
+        )
+    if not judge_command_available():
+        raise UserError("the AlpacaEval judge needs the alpaca_eval tool: pip install alpaca-eval")
+    out_dir = Path(out_dir)
+    command = [
+        "alpaca_eval",
+        "evaluate",
+        "--model_outputs",
+        str(outputs_path),
+        "--annotators_config",
+        annotator,
+        "--output_path",
+        str(out_dir),
+    ]
+    result = runner(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f"alpaca_eval failed ({result.returncode}): {result.stderr[-2000:]}")
+    leaderboard = out_dir / "leaderboard.csv"
+    if not leaderboard.is_file():
+        raise UserError(f"alpaca_eval wrote no leaderboard in {out_dir}")
+    return leaderboard
