@@ -165,6 +165,20 @@ class DecodingEngine:
         size = self.max_batch_size
         return [rows[i : i + size] for i in range(0, len(rows), size)]
 
+    def _prefill(self, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+        """One forward over left-padded prefixes: last-position logits [B, V] and the cache."""
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)  # pads get 0; real tokens 0..len-1
+        cache = DynamicCache(config=self.model.config)
+        result = self.model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return result.logits[:, -1, :], result.past_key_values
+
     def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids and attention mask, both [B, L] on the model's device."""
         width = max(len(s) for s in seqs)
@@ -241,18 +255,7 @@ class DecodingEngine:
         eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=device)
 
         ids, attn = self._left_pad([prefixes[r] for r in rows])  # [B, L]
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)  # pads get 0; real tokens 0..len-1
-        cache = DynamicCache(config=self.model.config)
-        result = self.model(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = result.past_key_values
-        logits = result.logits[:, -1, :]  # [B, V]
+        logits, cache = self._prefill(ids, attn)  # [B, V]
         next_pos = attn.sum(-1)  # [B] position of the token about to be fed
         active = torch.arange(B, device=device)  # chunk-row index of each batch row
         out.n_prefilled += sum(len(prefixes[r]) for r in rows)
@@ -553,16 +556,7 @@ class RollingDecoder:
         self.engine._check_rows([prefixes[r] for r in rows], [0] * len(rows), "tokens")
         for chunk in self.engine._chunks(rows, [len(p) for p in prefixes]):
             ids, attn = self.engine._left_pad([prefixes[r] for r in chunk])  # [b, L]
-            positions = (attn.cumsum(-1) - 1).clamp(min=0)
-            cache = DynamicCache(config=self.model.config)
-            self.model(
-                input_ids=ids,
-                attention_mask=attn,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            _, cache = self.engine._prefill(ids, attn)
             kv = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
             for j, r in enumerate(chunk):  # kv: [layers, 2, b, kv_heads, L, head_dim]
                 out[r] = kv[:, :, j, :, ids.shape[1] - len(prefixes[r]) :].clone()
