@@ -43,18 +43,12 @@ def build_model(kind: str, model_dir: str | None, device: str):
     torch.manual_seed(0)
     if model_dir:
         model = AutoModelForCausalLM.from_pretrained(model_dir)
-    elif kind == "toy":  # ~1M parameters, ~100-token character vocabulary
-        config = Qwen2Config(
-            vocab_size=100,
-            hidden_size=128,
-            intermediate_size=384,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-        )
-        model = Qwen2ForCausalLM(config)
+    elif kind == "toy":  # the toy world's model shape and vocabulary, random weights
+        from powersampling.toy.model import build_toy_model, toy_model_config
+        from powersampling.toy.tokenizer import VOCAB_SIZE
+
+        config = toy_model_config(VOCAB_SIZE, max_position_embeddings=2048)
+        model = build_toy_model(config, seed=0)
     elif kind == "qwen2.5-math-1.5b-shape":  # the shape of Qwen2.5-Math-1.5B, random weights
         config = Qwen2Config(
             vocab_size=151936,

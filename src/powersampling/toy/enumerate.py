@@ -161,8 +161,12 @@ def enumerate_answers(
                 f"more than {max_answers} answers to enumerate; use a smaller vocabulary or cap"
             )
         live = nxt
+    return _support(list(prompt), cap, answers, flags, cum_p, cum_q)
+
+
+def _support(prompt, cap, answers, flags, cum_p, cum_q) -> Support:
     return Support(
-        prompt=list(prompt),
+        prompt=prompt,
         cap=cap,
         answers=answers,
         ends_with_eos=np.array(flags, dtype=bool),
@@ -194,15 +198,7 @@ def restrict(support: Support, cap: int) -> Support:
         flags.append(keep_eos)
         cum_p.append(cp2)
         cum_q.append(cq2)
-    return Support(
-        prompt=support.prompt,
-        cap=cap,
-        answers=answers,
-        ends_with_eos=np.array(flags, dtype=bool),
-        lengths=np.array([len(a) for a in answers]),
-        cum_logp=cum_p,
-        cum_logq=cum_q,
-    )
+    return _support(support.prompt, cap, answers, flags, cum_p, cum_q)
 
 
 def _normalise_log(logw: np.ndarray) -> np.ndarray:
