@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 
 from powersampling.errors import UserError
+from powersampling.seeding import derive_seed
 from powersampling.tasks import get_task
 
 TOY_SOURCE = "toy"
@@ -143,8 +144,6 @@ def planned_runs(config: dict[str, Any]) -> list[Run]:
 
 
 def task_seed(config: dict[str, Any], task: str) -> int:
-    from powersampling.seeding import derive_seed
-
     return derive_seed(config["seed"], "task", task)
 
 
