@@ -40,6 +40,10 @@ def test_all_kinds_are_registered():
     sizes = {"math500": 500, "humaneval": 164, "gpqa": 198, "alpaca": 805, "gsm8k": 1319}
     for kind, size in sizes.items():
         assert get_task(kind, {"kind": kind, "source": "x/y"}).size == size
+    for kind in task_kinds():  # each registry entry names the class of that kind
+        assert get_task(kind, {"kind": kind, "limit": 1}).kind == kind
+    with pytest.raises(UserError, match="unknown kind 'mnist'"):
+        get_task("t", {"kind": "mnist"})
 
 
 # --------------------------------------------------------------------------- loaders

@@ -1,16 +1,19 @@
 """The HumanEval sandbox: correct code passes, wrong or hostile code fails harmlessly."""
 
+import ast
 import os
+import sys
 import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
 from powersampling.grading.code import (
     build_program,
     extract_code,
-    run_humaneval,
-    run_humaneval_many,
+    grade_code,
+    grade_code_many,
     sandbox_report,
     truncate_at_stops,
 )
@@ -29,7 +32,7 @@ IS_ROOT = os.geteuid() == 0
 
 def run(body: str, **kw):
     kw.setdefault("timeout_s", 10.0)
-    return run_humaneval(ROW, body, **kw)
+    return grade_code(ROW, body, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +54,22 @@ def test_correct_and_wrong_solutions():
 
 def test_canonical_solutions_pass_and_swapped_ones_fail(humaneval_rows):
     rows = humaneval_rows[:4]
-    canonical = run_humaneval_many(rows, [r["answer"] for r in rows], timeout_s=10)
+    canonical = grade_code_many(rows, [r["answer"] for r in rows], timeout_s=10)
     assert all(g.correct for g in canonical), canonical
     # Each problem graded with the next problem's solution must fail.
     swapped = [rows[(k + 1) % len(rows)]["answer"] for k in range(len(rows))]
-    assert not any(g.correct for g in run_humaneval_many(rows, swapped, timeout_s=10))
+    assert not any(g.correct for g in grade_code_many(rows, swapped, timeout_s=10))
 
 
 def test_chat_style_and_raw_completions(humaneval_rows):
     row = humaneval_rows[2]
     fenced = f"Sure:\n```python\n{row['prompt']}{row['answer']}```\nThis works because..."
-    assert run_humaneval(row, fenced).correct
+    assert grade_code(row, fenced).correct
     # A base model rambling on after the body: cut at the Codex stop sequences.
     rambling = row["answer"] + "\n\ndef unrelated():\n    pass\n\nprint(1)\nassert False\n"
-    assert run_humaneval(row, rambling).correct
+    assert grade_code(row, rambling).correct
     for missing in ("", None, float("nan")):
-        grade = run_humaneval(row, missing)
+        grade = grade_code(row, missing)
         assert not grade.correct and grade.error == "no code in completion"
 
 
@@ -179,3 +182,15 @@ def test_kernel_layers_hold_without_the_audit_hook(tmp_path):
     assert not target.exists()
     bomb = run("    import os\n    while True:\n        os.fork()\n", guards=False)
     assert not bomb.correct and "Resource temporarily unavailable" in bomb.error
+
+
+def test_supervisor_is_a_standalone_stdlib_script():
+    # It runs as `python -I -B <file>`: powersampling is not importable there.
+    from powersampling.grading import sandbox_supervisor  # importing it runs nothing
+    from powersampling.grading.code import SUPERVISOR
+
+    assert Path(sandbox_supervisor.__file__).resolve() == SUPERVISOR and SUPERVISOR.is_file()
+    tree = ast.parse(SUPERVISOR.read_text())
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert {m.split(".")[0] for m in modules} <= set(sys.stdlib_module_names)

@@ -20,6 +20,7 @@ import yaml
 
 from powersampling.errors import UserError
 from powersampling.seeding import derive_seed
+from powersampling.sources import is_local_path
 from powersampling.tasks import get_task
 
 TOY_SOURCE = "toy"
@@ -73,13 +74,6 @@ def validate_config(config: dict[str, Any], schema: dict | str | os.PathLike) ->
     return config
 
 
-def _looks_like_path(source: str) -> bool:
-    if source.startswith(("/", "./", "../", "~")):
-        return True
-    # "org/name" is a hub id unless such a folder exists here.
-    return os.sep in source and Path(source).exists()
-
-
 def _check_references(config: dict[str, Any]) -> list[str]:
     """Problems a schema cannot see: names that refer to nothing, missing local paths."""
     problems = []
@@ -94,7 +88,7 @@ def _check_references(config: dict[str, Any]) -> list[str]:
                     )
     for name, model in config["models"].items():
         source = model["source"]
-        if source != TOY_SOURCE and _looks_like_path(source):
+        if source != TOY_SOURCE and is_local_path(source):
             if not Path(source).expanduser().is_dir():
                 problems.append(f"models.{name}.source: no model directory at {source}")
     for name, task in config["tasks"].items():
@@ -103,7 +97,7 @@ def _check_references(config: dict[str, Any]) -> list[str]:
         if task["kind"] != "synthetic" and "generator" in task:
             problems.append(f"tasks.{name}.generator: only synthetic tasks take a generator")
         source = task.get("source")
-        if source and _looks_like_path(source) and not Path(source).expanduser().exists():
+        if source and is_local_path(source) and not Path(source).expanduser().exists():
             problems.append(f"tasks.{name}.source: no file at {source}")
     return problems
 

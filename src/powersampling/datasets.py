@@ -30,6 +30,7 @@ import pandas as pd
 
 from powersampling.errors import UserError
 from powersampling.io import write_parquet, write_text_atomic
+from powersampling.sources import is_local_path
 
 HUB = "https://huggingface.co"
 # kind -> (default hub dataset, file in that repository)
@@ -51,12 +52,12 @@ BASE_COLUMNS = ["problem_id", "question", "answer"]
 
 
 def is_local_source(source: str) -> bool:
-    """A local file (exists, or is written like a path / data file), not a hub id."""
-    if source in PACKAGED_HUMANEVAL or Path(source).expanduser().exists():
+    """A local file, not a hub id: packaged HumanEval, a local path by
+    :func:`powersampling.sources.is_local_path`, or a data file name (``x.jsonl``,
+    ``data/x.csv``) even before it exists. ``owner/name:file.csv`` picks a hub file."""
+    if source in PACKAGED_HUMANEVAL or is_local_path(source):
         return True
-    if source.startswith(("/", "./", "../", "~")) or source.endswith(DATA_SUFFIXES):
-        return ":" not in source  # "owner/name:file.csv" picks a file from the hub
-    return False
+    return source.endswith(DATA_SUFFIXES) and ":" not in source
 
 
 def parse_hub_source(kind: str, source: str) -> tuple[str, str]:

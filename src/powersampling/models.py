@@ -7,13 +7,13 @@ world runs on a real model unchanged.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from powersampling.errors import UserError
+from powersampling.sources import is_local_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,10 +29,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} was asked for but CUDA is not available here")
     return resolved
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or os.path.isdir(source)
 
 
 def load_model(
@@ -53,7 +49,7 @@ def load_model(
     if dtype != "auto" and dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not one of {['auto', *DTYPES]}")
     torch_device = resolve_device(device)
-    if _looks_like_path(source):
+    if is_local_path(source):
         path = Path(source).expanduser()
         if not path.is_dir():
             raise UserError(f"model folder {source!r} does not exist")

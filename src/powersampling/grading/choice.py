@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from powersampling.grading.math import last_boxed
-from powersampling.tasks import Grade
+from powersampling.grading.verdict import Grade
 
 GRADER = "choice"
 LETTERS = "ABCD"

@@ -4,10 +4,10 @@ What is enforced, from strongest to weakest (``sandbox_report()`` tells which ap
 the machine at hand):
 
 1. A separate interpreter (``sys.executable -I -B``) in its own session, started through a
-   supervisor process: the code's parent is the supervisor, never the grader. The
-   grader kills the whole process group (and the code's pid, in case it left the group)
-   after ``timeout_s`` of wall time, and whatever happens to the child, the grader only
-   reads two capped files.
+   supervisor process (the script :mod:`powersampling.grading.sandbox_supervisor`): the
+   code's parent is the supervisor, never the grader. The grader kills the whole process
+   group (and the code's pid, in case it left the group) after ``timeout_s`` of wall
+   time, and whatever happens to the child, the grader only reads two capped files.
 2. Kernel resource limits on the code process: address space (``memory_mb``), CPU
    seconds, file size (8 MB; also caps the output), open files, no core dumps, and
    ``RLIMIT_NPROC`` so it cannot fork or start threads (the kernel does not apply this
@@ -32,6 +32,7 @@ and forge it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -45,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from powersampling.tasks import Grade
+from powersampling.grading.verdict import Grade
 
 GRADER = "humaneval-sandbox"
 NOBODY = 65534
@@ -54,137 +55,15 @@ FSIZE_MB = 8
 # Codex paper's stop sequences for raw (base-model) continuations of the prompt.
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
-# The supervisor runs in a fresh interpreter; it reads its settings as one JSON line on
-# stdin, forks the code process, reports the child's pid and exit status on stdout.
-_SUPERVISOR = r"""
-import ctypes, json, os, resource, signal, sys, traceback
-cfg = json.loads(sys.stdin.readline())
-status = os.fdopen(os.dup(1), "w")
+# The supervisor, a stdlib-only script run in a fresh interpreter (see its module doc).
+SUPERVISOR = Path(__file__).resolve().with_name("sandbox_supervisor.py")
 
-def deny(what):
-    raise PermissionError("sandbox: " + what + " is not allowed")
 
-def install_guards(root):
-    root = os.path.realpath(root)
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    path_events = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
-                   "os.link", "os.symlink", "os.truncate", "os.utime", "os.mkfifo",
-                   "os.mknod", "shutil.rmtree", "shutil.copyfile", "shutil.copytree",
-                   "shutil.move", "shutil.chown", "os.chflags", "os.lchflags"}
-    banned = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-              "subprocess.Popen", "pty.spawn", "ctypes.", "socket.", "resource.setrlimit",
-              "resource.prlimit", "signal.pthread_kill", "gc.get_objects",
-              "gc.get_referrers", "gc.get_referents", "sys.addaudithook")
-    realpath, fspath, getpid = os.path.realpath, os.fsdecode, os.getpid
-
-    def inside(p):
-        if isinstance(p, int) or p is None:
-            return True  # an fd it already holds
-        try:
-            p = realpath(fspath(p))
-        except Exception:
-            return False
-        return p == root or p.startswith(root + os.sep) or p == os.devnull
-
-    def hook(event, args):
-        if event == "open":
-            path, mode, flags = (tuple(args) + (None, None))[:3]
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & write_flags)
-            if writing and not inside(path):
-                deny("writing " + repr(path))
-        elif event in path_events:
-            if not all(inside(a) for a in args if isinstance(a, (str, bytes, os.PathLike))):
-                deny(event + " outside the working directory")
-        elif event in ("os.kill", "os.killpg"):
-            if args[0] != getpid():
-                deny("signalling another process")
-        elif event.startswith(banned):
-            deny(event)
-
-    sys.addaudithook(hook)
-
-def child():
-    os.chdir(cfg["dir"])
-    null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    err = os.open("stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    for src, dst in ((null, 0), (out, 1), (err, 2)):
-        os.dup2(src, dst)
-    os.closerange(3, 1 << 16)  # the status pipe and anything else inherited
-    libc = ctypes.CDLL(None, use_errno=True)
-    root = os.getuid() == 0
-    # New network namespace: root can do it directly, others inside a user namespace.
-    if libc.unshare(0x40000000) != 0 and not root:
-        libc.unshare(0x10000000 | 0x40000000)
-    mem = cfg["memory_mb"] << 20
-    cpu = int(cfg["timeout_s"]) + 1
-    for lim, val in ((resource.RLIMIT_AS, (mem, mem)), (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-                     (resource.RLIMIT_FSIZE, (cfg["fsize"], cfg["fsize"])),
-                     (resource.RLIMIT_NOFILE, (64, 64)), (resource.RLIMIT_CORE, (0, 0)),
-                     (resource.RLIMIT_NPROC, (1, 1))):
-        resource.setrlimit(lim, val)
-    if root and cfg["drop_privileges"]:
-        os.chown(".", cfg["uid"], cfg["uid"])
-        os.chown("stdout.txt", cfg["uid"], cfg["uid"])
-        os.chown("stderr.txt", cfg["uid"], cfg["uid"])
-        libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: keep capabilities across setuid
-        os.setgroups([])
-        os.setgid(cfg["uid"])
-        os.setuid(cfg["uid"])
-
-        class Header(ctypes.Structure):
-            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-        class Data(ctypes.Structure):
-            _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                        ("inheritable", ctypes.c_uint32)]
-
-        caps = (Data * 2)()
-        caps[0].effective = caps[0].permitted = 1 << 2  # CAP_DAC_READ_SEARCH only
-        if libc.capset(ctypes.byref(Header(0x20080522, 0)), caps) != 0:
-            raise OSError("capset failed")
-    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-    with open(cfg["program"]) as f:
-        source = f.read()
-    token = cfg["token"]
-    cfg.clear()
-    if token_guard:
-        install_guards(os.getcwd())
-    try:
-        exec(compile(source, "solution.py", "exec"), {"__name__": "__main__"})
-    except SystemExit as exc:
-        sys.stderr.write("SystemExit(%r) before the tests finished\n" % (exc.code,))
-        return 1
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os.write(1, ("\n" + token + "\n").encode())
-    return 0
-
-token_guard = cfg["guards"]
-pid = os.fork()
-if pid == 0:
-    code = 3
-    try:
-        code = child()
-    except BaseException:
-        try:
-            traceback.print_exc()
-        except BaseException:
-            pass
-    os._exit(code)
-status.write(json.dumps({"pid": pid}) + "\n")
-status.flush()
-_, st = os.waitpid(pid, 0)
-status.write(json.dumps({"status": st}) + "\n")
-status.flush()
-"""
+@functools.cache
+def _supervisor_code() -> str:
+    # Passed with -c, as its text: the sandboxed code sees sys.argv == ["-c"] and no
+    # supervisor file name in its tracebacks, whatever the install location.
+    return SUPERVISOR.read_text()
 
 
 def truncate_at_stops(text: str, stops: tuple[str, ...] = STOP_SEQUENCES) -> str:
@@ -287,7 +166,7 @@ def run_program(
         env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": str(workdir)}
         env["TMPDIR"] = str(workdir)
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", "-c", _SUPERVISOR],
+            [sys.executable, "-I", "-B", "-c", _supervisor_code()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -346,7 +225,7 @@ def _why(result: dict[str, Any]) -> str:
     return last or f"exit status {os.WEXITSTATUS(status)}"
 
 
-def run_humaneval(
+def grade_code(
     problem_row: dict[str, Any],
     completion: str,
     timeout_s: float = 5.0,
@@ -368,20 +247,20 @@ def run_humaneval(
     return Grade(code, result["passed"], True, GRADER, error)
 
 
-def run_humaneval_many(
+def grade_code_many(
     rows: list[dict[str, Any]],
     completions: list[str],
     timeout_s: float = 5.0,
     memory_mb: int = 512,
     workers: int = 2,
 ) -> list[Grade]:
-    """:func:`run_humaneval` over many items; each runs in its own sandbox process, the
+    """:func:`grade_code` over many items; each runs in its own sandbox process, the
     threads here only wait on them."""
     if len(rows) != len(completions):
         raise ValueError("rows and completions differ in length")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         jobs = [
-            pool.submit(run_humaneval, r, c, timeout_s, memory_mb)
+            pool.submit(grade_code, r, c, timeout_s, memory_mb)
             for r, c in zip(rows, completions, strict=True)
         ]
         return [j.result() for j in jobs]

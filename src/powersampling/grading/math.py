@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from powersampling.tasks import Grade
+from powersampling.grading.verdict import Grade
 
 GRADER = "math-verify"
 NO_BOX = "no \\boxed{} in completion"

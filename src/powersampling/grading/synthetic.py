@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-from powersampling.tasks import Grade
+from powersampling.grading.verdict import Grade
 
 GRADER = "exact-integer"
 # A number, with a minus sign only where it cannot be a binary minus ("3-5" is 3 and 5),

@@ -19,14 +19,14 @@ import pandas as pd
 
 from powersampling.datasets import load_task_frame
 from powersampling.errors import UserError
+from powersampling.grading import Grade
 from powersampling.io import write_text_atomic
-from powersampling.tasks import Grade, Task, register
-from powersampling.tasks.math500 import render_prompt
+from powersampling.tasks.base import Task
+from powersampling.tasks.prompts import render_prompt
 
 GRADER = "none"
 
 
-@register
 class AlpacaTask(Task):
     kind = "alpaca"
     full_size = 805

@@ -11,10 +11,11 @@ from typing import Any
 import pandas as pd
 
 from powersampling.datasets import load_task_frame
-from powersampling.grading.choice import LETTERS, grade_choice
+from powersampling.grading import Grade, grade_choice
+from powersampling.grading.choice import LETTERS
 from powersampling.seeding import derive_seed, numpy_rng
-from powersampling.tasks import Grade, Task, register
-from powersampling.tasks.math500 import render_prompt
+from powersampling.tasks.base import Task
+from powersampling.tasks.prompts import render_prompt
 
 GPQA_PROMPT = (
     "{question}\n\n"
@@ -34,7 +35,6 @@ def shuffle_options(
     return shuffled, LETTERS[int(list(order).index(0))]
 
 
-@register
 class GPQATask(Task):
     """Config: ``source``, ``limit``, ``shard_size``, ``letter_fallback`` (default false:
     only a boxed letter counts)."""

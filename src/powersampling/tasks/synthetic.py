@@ -20,12 +20,11 @@ from typing import Any
 import pandas as pd
 
 from powersampling.errors import UserError
-from powersampling.grading.synthetic import grade_integer
-from powersampling.tasks import Grade, Task, register
+from powersampling.grading import Grade, grade_integer
+from powersampling.tasks.base import Task
 from powersampling.toy.problems import DEFAULT_GENERATOR, format_prompt, generate_problems
 
 
-@register
 class SyntheticTask(Task):
     kind = "synthetic"
 
