@@ -8,7 +8,7 @@ import torch
 from helpers_models import EOS_ID, PAD_ID, VOCAB_SIZE, full_logits, one_torch_thread, tiny_model  # noqa: F401
 from scipy import stats
 
-from powersampling.engine import DecodingEngine, log_q
+from powersampling.engine import DecodingEngine, TokenStats, log_q, pick_tokens
 from powersampling.errors import UserError
 
 # Prefixes of different lengths, so a batch of them needs left padding.
@@ -271,6 +271,33 @@ def test_context_length_is_checked_up_front(model):
     engine.extend([[3, 4], [5] * 60], [5, 4], greedy=True)  # per-row budgets that fit are fine
     with pytest.raises(UserError, match="row 0"):
         engine.score([[5] * 60], [[3] * 5])
+
+
+def test_pick_tokens_stats():
+    """Per-row stats of the chosen tokens: log p at T=1, log q of the sampling law, entropy
+    and top-1 of the base distribution; greedy takes the lowest id among ties (log q = 0)."""
+    logits = torch.tensor([[2.0, 2.0, 0.0, -1.0], [0.0, 1.0, 3.0, 0.5]])  # [2, V]
+    tok, st = pick_tokens(logits, 1.0, None, True, None)
+    assert tok.tolist() == [0, 2]
+    logp_all = torch.log_softmax(logits, -1)
+    p = logp_all.exp()
+    torch.testing.assert_close(st.logp, logp_all[[0, 1], [0, 2]])
+    torch.testing.assert_close(st.entropy, -(p * logp_all).sum(-1))
+    torch.testing.assert_close(st.top1, p.max(-1).values)
+    assert st.logq.tolist() == [0.0, 0.0]
+    tok, st = pick_tokens(logits, 0.5, 2, False, gen(0))
+    want = log_q(logits, 0.5, 2).gather(1, tok[:, None]).squeeze(1)
+    assert torch.equal(st.logq, want) and torch.isfinite(st.logq).all()
+
+
+def test_token_stats_index_and_assign():
+    buf = TokenStats.zeros(3, 4)  # [rows, tokens] each, float64
+    assert all(t.dtype == torch.float64 and t.shape == (3, 4) for t in buf.tensors())
+    step = TokenStats(*(torch.full((2,), float(k)) for k in range(4)))  # float32 [2]
+    buf[torch.tensor([0, 2]), torch.tensor([1, 3])] = step
+    row = buf[2, :4].clone()
+    assert [t.tolist() for t in row.tensors()] == [[0, 0, 0, k] for k in [0.0, 1.0, 2.0, 3.0]]
+    assert row.top1.dtype == torch.float64 and buf.top1[2, 3] == 3.0
 
 
 @pytest.mark.parametrize(

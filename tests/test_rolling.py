@@ -49,9 +49,12 @@ def check_same_as_extend(engine, done, prefixes, budgets, tags):
         row = done[tag]
         assert row.tokens == ref.tokens[i]
         assert row.finish_reason == ref.finish_reason[i]
-        got = row.stats  # log p, log q, entropy, top-1
-        for j, want in enumerate([ref.logp[i], ref.logq[i], ref.entropy[i], ref.top1[i]]):
-            torch.testing.assert_close(got[j], want, atol=1e-5, rtol=1e-5)
+        got = row.stats.tensors()  # log p, log q, entropy, top-1
+        for g, want in zip(
+            got, [ref.logp[i], ref.logq[i], ref.entropy[i], ref.top1[i]], strict=True
+        ):
+            assert g.dtype == torch.float64 and g.device.type == "cpu"
+            torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("slots", [1, 2, 5])
@@ -141,12 +144,12 @@ def test_reused_cache_gives_full_prefill_log_probs(model):
             second[row.tag] = row
     logp, logq = engine.score(full, [second[i].tokens for i in range(5)], temperature=0.8)
     for i in range(5):
-        torch.testing.assert_close(second[i].stats[0], logp[i], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(second[i].stats[1], logq[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(second[i].stats.logp, logp[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(second[i].stats.logq, logq[i], atol=1e-5, rtol=1e-5)
     # and the first pass's own log-probs were right too
     logp, _ = engine.score(PREFIXES, [first[i].tokens for i in range(5)])
     for i in range(5):
-        torch.testing.assert_close(first[i].stats[0], logp[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(first[i].stats.logp, logp[i], atol=1e-5, rtol=1e-5)
 
 
 def test_same_seed_same_tokens_and_top_k_support(model):
@@ -165,8 +168,8 @@ def test_same_seed_same_tokens_and_top_k_support(model):
     assert [r.tokens for r in a] != [r.tokens for r in c]
     _, logq = engine.score(PREFIXES * 3, [r.tokens for r in a], temperature=1.5, top_k=3)
     for r, lq in zip(a, logq, strict=True):
-        assert torch.isfinite(r.stats[1]).all()  # never outside the top-3
-        torch.testing.assert_close(r.stats[1], lq, atol=1e-5, rtol=1e-5)
+        assert torch.isfinite(r.stats.logq).all()  # never outside the top-3
+        torch.testing.assert_close(r.stats.logq, lq, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_rows_are_user_errors(model):

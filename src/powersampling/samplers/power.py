@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from powersampling.engine import RollingDecoder
+from powersampling.engine import Finished, RollingDecoder, TokenStats
 from powersampling.errors import UserError
 from powersampling.samplers import (
     Sampler,
@@ -110,13 +110,13 @@ class _Chain:
     trace: list[dict] = field(default_factory=list)
     wall_time_s: float = math.nan
 
-    def replace_suffix(self, cut: int, tokens: list[int], stats: np.ndarray, eos: bool) -> None:
-        """Keep tokens [0, cut) and append ``tokens`` with their stats [4, n]."""
+    def replace_suffix(self, cut: int, tokens: list[int], stats: TokenStats, eos: bool) -> None:
+        """Keep tokens [0, cut) and append ``tokens`` with their stats (float64 CPU, [n] each)."""
         self.tokens = self.tokens[:cut] + tokens
-        self.logp = np.concatenate([self.logp[:cut], stats[0]])
-        self.logq = np.concatenate([self.logq[:cut], stats[1]])
-        self.entropy = np.concatenate([self.entropy[:cut], stats[2]])
-        self.top1 = np.concatenate([self.top1[:cut], stats[3]])
+        self.logp = np.concatenate([self.logp[:cut], stats.logp.numpy()])
+        self.logq = np.concatenate([self.logq[:cut], stats.logq.numpy()])
+        self.entropy = np.concatenate([self.entropy[:cut], stats.entropy.numpy()])
+        self.top1 = np.concatenate([self.top1[:cut], stats.top1.numpy()])
         self.eos = eos
 
 
@@ -200,7 +200,7 @@ class PowerSampler(Sampler):
             return []
         engine = self.engine
         longest = max(len(c.prompt) for c in chains) + self.caps[-1]
-        engine._check_rows([c.prompt for c in chains], [self.caps[-1]] * len(chains), "new tokens")
+        engine.check_rows([c.prompt for c in chains], [self.caps[-1]] * len(chains), "new tokens")
         n = len(chains)
         decoder = RollingDecoder(
             engine,
@@ -285,28 +285,30 @@ class PowerSampler(Sampler):
             chain.extended = False
             chain.steps = 0
 
-    def _on_proposal(self, chain: _Chain, row, decoder: RollingDecoder, generator) -> None:
+    def _on_proposal(
+        self, chain: _Chain, row: Finished, decoder: RollingDecoder, generator
+    ) -> None:
         """A proposal came back: take it (extension) or accept/reject it (MH step)."""
         i = chain.cut
-        stats = row.stats.numpy()  # [4, n]: log p, log q, entropy, top-1
+        prop_logp, prop_logq = row.stats.logp.numpy(), row.stats.logq.numpy()  # [n] each
         eos = row.finish_reason == "eos"
         chain.decoded += len(row.tokens)
         if chain.in_extension:
             chain.in_extension = False
-            chain.replace_suffix(i, row.tokens, stats, eos)
+            chain.replace_suffix(i, row.tokens, row.stats, eos)
             chain.kv = decoder.kv(row)
             return
         chain.steps += 1
         chain.proposals += 1
         if self.params["greedy_accept"]:
-            accept = float(stats[0].sum()) >= float(chain.logp[i:].sum())
+            accept = float(prop_logp.sum()) >= float(chain.logp[i:].sum())
         else:
             log_r = log_acceptance(
                 self.alpha,
                 chain.logp[i:],
                 chain.logq[i:],
-                stats[0],
-                stats[1],
+                prop_logp,
+                prop_logq,
                 len(chain.tokens),
                 i + len(row.tokens),
             )
@@ -315,7 +317,7 @@ class PowerSampler(Sampler):
             accept = log_r >= 0 or math.log(max(u, 1e-300)) < log_r
         if accept:
             chain.accepted += 1
-            chain.replace_suffix(i, row.tokens, stats, eos)
+            chain.replace_suffix(i, row.tokens, row.stats, eos)
             chain.kv = decoder.kv(row)
 
     def _record(self, chain: _Chain) -> dict:

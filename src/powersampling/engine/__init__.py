@@ -1,0 +1,44 @@
+"""Batched, KV-cached decoding with per-token log-probabilities.
+
+Every sampler in the package decodes through one of two engines on a Hugging Face causal LM:
+
+* :class:`DecodingEngine` (:mod:`.batch`): static batches. It extends many prefixes of
+  different lengths at once until EOS or each row's budget, and scores given continuations
+  by teacher forcing.
+* :class:`RollingDecoder` (:mod:`.rolling`): continuous batching on the same model. Rows
+  join and leave one running decode batch at any step, each from a given KV cache of its
+  prefix; the power sampler runs its Markov chains through it.
+
+Both choose tokens with :func:`pick_tokens` (:mod:`.tokens`) and record, per new token, the
+same :class:`TokenStats`: ``log p`` under the base model at T=1, ``log q`` under the
+distribution the token was drawn from, and the entropy and top-1 probability of the base
+distribution. All draws come from the ``torch.Generator`` passed in, which must live on the
+model's device.
+"""
+
+from powersampling.engine.batch import DecodingEngine, Extension
+from powersampling.engine.rolling import BufferCache, Finished, RollingDecoder
+from powersampling.engine.tokens import (
+    TokenStats,
+    check_generator,
+    check_sampling,
+    is_base_distribution,
+    log_q,
+    pick_tokens,
+    row_budgets,
+)
+
+__all__ = [
+    "BufferCache",
+    "DecodingEngine",
+    "Extension",
+    "Finished",
+    "RollingDecoder",
+    "TokenStats",
+    "check_generator",
+    "check_sampling",
+    "is_base_distribution",
+    "log_q",
+    "pick_tokens",
+    "row_budgets",
+]
