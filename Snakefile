@@ -37,12 +37,7 @@ localrules:
     config_snapshot,
     export_alpaca_eval,
     judge_alpaca_eval,  # calls a web API: compute nodes often have no internet
-    plot_accuracy_by_method,
-    plot_accuracy_vs_temperature,
-    plot_logp_by_method,
-    plot_tokens_by_method,
-    plot_acceptance_by_block,
-    plot_pass_at_k,
+    plot,
 
 
 rule all:

@@ -85,13 +85,38 @@ def synthetic_task_data():
     return [f"data/{task}.parquet" for task in tasks_of_kind(synthetic=True)]
 
 
+def figure_paths():
+    """The report figures, one per entry of powersampling.plots.FIGURES (rule plot)."""
+    from powersampling.plots import FIGURES
+
+    return [f"results/plots/{name}.svg" for name in FIGURES]
+
+
 def study_outputs():
+    """The toy-world studies' figures, one per entry of powersampling.toy.studies.STUDIES."""
     if "exact_toy" not in config["studies"]:
         return []
-    return [
-        f"results/plots/study_{study}.svg"
-        for study in ("power_vs_temperature", "convergence", "greedy_vs_power")
-    ]
+    from powersampling.toy.studies import STUDIES
+
+    return [f"results/plots/study_{study}.svg" for study in STUDIES]
+
+
+def rendered_caption(caption_file):
+    """A figure's caption file (relative to the workflow's root), rendered with the config.
+
+    A report caption's path cannot hold wildcards, so a rule that makes figures by wildcard
+    gives report() the generic reports/figure.rst, which shows this text, passed as the
+    param `caption`. Rendered as Snakemake renders captions: a Jinja2 template that sees
+    `snakemake.config`.
+    """
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from jinja2 import Environment
+
+    template = Path(workflow.basedir, caption_file).read_text()
+    env = Environment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(snakemake=SimpleNamespace(config=config))
 
 
 def alpaca_eval_exports():
@@ -109,7 +134,7 @@ def all_outputs():
         *alpaca_eval_exports(),
         "results/tables/accuracy.parquet",
         "results/tables/pass_at_k.parquet",
-        *PLOTS,
+        *figure_paths(),
         *study_outputs(),
         "results/config.yaml",
     ]

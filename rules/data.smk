@@ -14,7 +14,7 @@ rule synthetic_data:
         task=lambda wildcards: config["tasks"][wildcards.task],
         seed=lambda wildcards: task_seed(config, wildcards.task),
     script:
-        "../workflow/scripts/make_task_data.py"
+        "../workflow/scripts/synthetic_data.py"
 
 
 rule download_dataset:

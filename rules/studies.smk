@@ -1,4 +1,10 @@
-"""Exact toy-world studies of power sampling (config section studies.exact_toy)."""
+"""Exact toy-world studies of power sampling (config section studies.exact_toy).
+
+One job per entry of powersampling.toy.studies.STUDIES, which names each study's
+functions and its figure's caption file (reports/figures/study_{study}.rst).
+"""
+
+from powersampling.toy.studies import STUDIES
 
 
 rule toy_study:
@@ -6,17 +12,18 @@ rule toy_study:
         table="results/studies/{study}.parquet",
         figure=report(
             "results/plots/study_{study}.svg",
-            caption="../reports/toy_study.rst",
+            caption="../reports/figure.rst",
             category="5. Toy-world studies",
         ),
     log:
         "logs/toy_study/{study}.log",
     wildcard_constraints:
-        study="power_vs_temperature|convergence|greedy_vs_power",
+        study=names_alternation(STUDIES),
     conda:
         "../environment.yml"
     params:
         settings=config["studies"].get("exact_toy"),
         seed=lambda wildcards: derive_seed(config["seed"], "study", wildcards.study),
+        caption=lambda wildcards: rendered_caption(STUDIES[wildcards.study].caption),
     script:
         "../workflow/scripts/toy_study.py"

@@ -1,11 +1,12 @@
 """Every figure writes a valid, non-empty SVG or PNG, also from empty tables."""
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from powersampling import plots
+from powersampling import pipeline, plots
 from powersampling.errors import UserError
 from powersampling.metrics import (
     ACCEPTANCE_COLUMNS,
@@ -14,6 +15,7 @@ from powersampling.metrics import (
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def accuracy_rows() -> pd.DataFrame:
@@ -135,3 +137,25 @@ def test_same_table_gives_identical_svg(tmp_path):
     plots.plot_accuracy_vs_temperature(accuracy_rows(), first)
     plots.plot_accuracy_vs_temperature(accuracy_rows(), second)
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_every_figure_is_registered_once_with_its_table_and_caption():
+    assert [spec.draw for spec in plots.FIGURES.values()] == [case[0] for case in CASES]
+    for name, spec in plots.FIGURES.items():
+        assert spec.name == name
+        assert spec.draw.__name__ == f"plot_{name}"
+        assert spec.table in {"accuracy", "pass_at_k", "acceptance_by_block"}
+        assert spec.category[0].isdigit(), spec.category  # report categories are numbered
+        caption = ROOT / spec.caption
+        assert caption.is_file() and caption.read_text().strip(), spec.caption
+
+
+def test_pipeline_plot_draws_a_registered_figure_from_its_table(tmp_path):
+    table = tmp_path / "pass_at_k.parquet"
+    passk_rows().to_parquet(table)
+    pipeline.plot("pass_at_k", table, tmp_path / "figures" / "pass_at_k.svg")
+    direct = tmp_path / "direct" / "pass_at_k.svg"
+    plots.plot_pass_at_k(pd.read_parquet(table), direct)
+    assert (tmp_path / "figures" / "pass_at_k.svg").read_bytes() == direct.read_bytes()
+    with pytest.raises(UserError, match="unknown plot 'nope'"):
+        pipeline.plot("nope", table, tmp_path / "nope.svg")

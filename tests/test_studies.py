@@ -1,9 +1,14 @@
 """Toy-world studies: exact properties of their tables, and that the plots are written."""
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 
-from powersampling import studies
+from powersampling import pipeline
+from powersampling.errors import UserError
+from powersampling.toy import studies
 from powersampling.toy.enumerate import random_tiny_model
 
 PROMPT, EOS = [0, 1], 2
@@ -59,3 +64,37 @@ def test_greedy_vs_power_table(model, tmp_path):
         assert power[(prompt, 8.0)] > power[(prompt, 2.0)]  # sharper α → more mass on the mode
     studies.plot_greedy_vs_power(table, tmp_path / "greedy.pdf")
     assert (tmp_path / "greedy.pdf").stat().st_size > 1000
+
+
+def test_every_study_is_registered_with_its_plot_and_caption():
+    root = Path(__file__).resolve().parents[1]
+    assert list(studies.STUDIES) == ["power_vs_temperature", "convergence", "greedy_vs_power"]
+    for name, study in studies.STUDIES.items():
+        assert study.name == name
+        assert study.plot is getattr(studies, f"plot_{name}")
+        caption = root / study.caption
+        assert caption.is_file() and caption.read_text().strip(), study.caption
+
+
+@pytest.mark.parametrize("name", list(studies.STUDIES))
+def test_pipeline_toy_study_writes_its_table_and_figure(name, tmp_path):
+    settings = {
+        "vocab_size": 3,
+        "cap": 3,
+        "alphas": [2.0, 4.0],
+        "block_sizes": [1, 3],
+        "mcmc_steps": [0, 2],
+        "prompts": 2,
+        "init_std": 0.25,
+    }
+    table = pipeline.toy_study(
+        name, settings, seed=1, table_path=tmp_path / "t.parquet", plot_path=tmp_path / "f.svg"
+    )
+    assert not table.empty
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), table)
+    assert (tmp_path / "f.svg").stat().st_size > 1000
+
+
+def test_unknown_toy_study_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="unknown study 'nope'"):
+        pipeline.toy_study("nope", {}, seed=0, table_path=tmp_path / "t", plot_path=tmp_path / "f")

@@ -1,5 +1,7 @@
 """One function per workflow stage, called by the thin scripts in ``workflow/scripts``.
 
+A stage has one name: rule ``x`` runs ``workflow/scripts/x.py``, which calls ``x`` here.
+
 Each function reads its inputs, calls the library, and writes its outputs atomically.
 They take plain values (paths, config sections), never Snakemake objects, so they can be
 run and tested without Snakemake.
@@ -29,7 +31,7 @@ def _no_log(message: str) -> None:
 # Data
 
 
-def build_task_data(task_name: str, task: dict[str, Any], *, seed: int, out_path) -> pd.DataFrame:
+def synthetic_data(task_name: str, task: dict[str, Any], *, seed: int, out_path) -> pd.DataFrame:
     """Load (or generate) a task's problems and write them as one Parquet file."""
     task_obj = get_task(task_name, task, seed=seed)
     problems = task_obj.load()
@@ -48,7 +50,7 @@ def build_task_data(task_name: str, task: dict[str, Any], *, seed: int, out_path
     return problems
 
 
-def fetch_task_data(
+def download_dataset(
     task_name: str, task: dict[str, Any], *, seed: int, out_path, log: Log = _no_log
 ) -> pd.DataFrame:
     """Download a benchmark (or read the local file in ``source``) into one Parquet file.
@@ -81,7 +83,7 @@ def task_with_data(task_name: str, task: dict[str, Any], *, seed: int, data_path
 # Models
 
 
-def train_toy(
+def train_toy_model(
     settings: dict[str, Any],
     *,
     holdout_paths: Sequence[str],
@@ -93,14 +95,14 @@ def train_toy(
     """Train the toy model with the evaluation problems held out of its training data."""
     import torch
 
-    from powersampling.toy.train import train_toy_model
+    from powersampling.toy import train
 
     torch.set_num_threads(threads)
     holdout = set()
     for path in holdout_paths:
         holdout.update(pd.read_parquet(path, columns=["question"])["question"])
     log(f"training the toy model with {settings}; {len(holdout)} questions held out")
-    return train_toy_model(
+    return train.train_toy_model(
         out_dir,
         model_shape=settings.get("model_shape"),
         train=settings.get("train"),
@@ -114,7 +116,7 @@ def train_toy(
 # Generation
 
 
-def generate_shard_file(
+def generate(
     *,
     data_path,
     model_name: str,
@@ -205,7 +207,7 @@ def grade_frame(generations: pd.DataFrame, problems: pd.DataFrame, task) -> pd.D
     return graded
 
 
-def grade_shard_file(
+def grade(
     *,
     generations_path,
     data_path,
@@ -226,7 +228,7 @@ def grade_shard_file(
 
 
 # --------------------------------------------------------------------------------------
-# Metrics and plots
+# Metrics
 
 
 def collect_metrics(
@@ -295,13 +297,13 @@ def accuracy_html(accuracy: pd.DataFrame, level: float) -> str:
     )
 
 
-def export_alpaca_eval_file(
+def export_alpaca_eval(
     *, generation_paths: Sequence[str], data_path, generator: str, out_path, log: Log = _no_log
 ) -> int:
     """One run's outputs as alpaca_eval's JSON list (instruction, output, generator, dataset)."""
-    from powersampling.tasks.alpaca import export_alpaca_eval
+    from powersampling.tasks import alpaca
 
-    count = export_alpaca_eval(
+    count = alpaca.export_alpaca_eval(
         io.read_parquet(list(generation_paths)), generator, out_path, pd.read_parquet(data_path)
     )
     log(f"exported {count} outputs of {generator} to {out_path}")
@@ -331,61 +333,41 @@ def judge_alpaca_eval(outputs_path, out_dir, *, judge: dict[str, Any], log: Log 
 # --------------------------------------------------------------------------------------
 # Toy-world studies (exact enumeration)
 
-STUDIES = ("power_vs_temperature", "convergence", "greedy_vs_power")
 
-
-def run_toy_study(name: str, settings: dict[str, Any], *, seed: int, table_path, plot_path):
+def toy_study(name: str, settings: dict[str, Any], *, seed: int, table_path, plot_path):
     """One exact study on a random tiny model whose answers can all be enumerated.
 
     The model has ``vocab_size`` tokens, the last of which is EOS; prompts are seeded
-    random sequences of two non-EOS tokens.
+    random sequences of two non-EOS tokens. The studies are those of
+    :data:`powersampling.toy.studies.STUDIES`.
     """
     import numpy as np
 
-    from powersampling import studies
     from powersampling.toy.enumerate import random_tiny_model
+    from powersampling.toy.studies import STUDIES
 
     if name not in STUDIES:
         raise UserError(f"unknown study {name!r}; known: {', '.join(STUDIES)}")
+    study = STUDIES[name]
     vocab = settings["vocab_size"]
     model = random_tiny_model(vocab, seed=seed, init_std=settings["init_std"])
     eos = [vocab - 1]
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, vocab - 1, size=2).tolist() for _ in range(settings["prompts"])]
-    cap, alphas = settings["cap"], settings["alphas"]
-    if name == "power_vs_temperature":
-        table = studies.power_vs_temperature(model, prompts[0], eos, cap, alphas=alphas)
-    elif name == "convergence":
-        table = studies.convergence(
-            model,
-            prompts[0],
-            eos,
-            cap,
-            alpha=max(alphas),
-            block_sizes=settings["block_sizes"],
-            steps=settings["mcmc_steps"],
-        )
-    else:
-        table = studies.greedy_vs_power(model, prompts, eos, cap, alphas=alphas)
+    table = study.compute(model, prompts, eos, settings)
     io.write_table(table, table_path)
-    getattr(studies, f"plot_{name}")(table, Path(plot_path))
+    study.plot(table, Path(plot_path))
     return table
 
 
-PLOTS = (
-    "accuracy_by_method",
-    "accuracy_vs_temperature",
-    "logp_by_method",
-    "tokens_by_method",
-    "acceptance_by_block",
-    "pass_at_k",
-)
+# --------------------------------------------------------------------------------------
+# Figures
 
 
-def draw_plot(name: str, table_path, out_path) -> None:
-    """Draw ``powersampling.plots.plot_{name}`` from the table at ``table_path``."""
-    from powersampling import plots
+def plot(name: str, table_path, out_path) -> None:
+    """Draw the report figure ``name`` of :data:`powersampling.plots.FIGURES` from its table."""
+    from powersampling.plots import FIGURES
 
-    if name not in PLOTS:
-        raise UserError(f"unknown plot {name!r}; known: {', '.join(PLOTS)}")
-    getattr(plots, f"plot_{name}")(pd.read_parquet(table_path), Path(out_path))
+    if name not in FIGURES:
+        raise UserError(f"unknown plot {name!r}; known: {', '.join(FIGURES)}")
+    FIGURES[name].draw(pd.read_parquet(table_path), Path(out_path))

@@ -7,11 +7,19 @@ canvas, never through pyplot, so they work on display-less cluster nodes, no glo
 figure state or style is touched, and nothing is left open.
 An empty table gives a figure that says so instead of an error, so the report still
 renders when, say, a config has no power-sampling methods.
+
+:data:`FIGURES` is the one list of the workflow's report figures: each name maps to its
+drawing function, the metric table it is drawn from, its report category and its caption
+file. The workflow's single ``plot`` rule makes ``results/plots/{name}.svg`` for every entry.
+Adding a figure is one entry in :data:`FIGURES` plus its caption file
+``reports/figures/{name}.rst`` (a Jinja2 template that sees ``snakemake.config``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -250,3 +258,41 @@ def _lines(table, x, y, xlabel, ylabel, path, *, log_x=False) -> None:
         ax.set_ylabel(ylabel)
     _legend(fig, axes, "model / method")
     _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# The registry of report figures
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """How the workflow makes one report figure, ``results/plots/{name}.svg``."""
+
+    name: str
+    draw: Callable[[pd.DataFrame, Path], None]  # one of the plot_* functions above
+    table: str  # the metric table it is drawn from: results/tables/{table}.parquet
+    category: str  # the report category it is shown under
+
+    @property
+    def caption(self) -> str:
+        """Its caption file, relative to the workflow's root (a Jinja2 template)."""
+        return f"reports/figures/{self.name}.rst"
+
+
+ACCURACY = "1. Accuracy"
+LIKELIHOOD_AND_COMPUTE = "2. Likelihood and compute"
+POWER_SAMPLING = "3. Power sampling"
+
+FIGURES: dict[str, FigureSpec] = {
+    spec.name: spec
+    for spec in [
+        FigureSpec("accuracy_by_method", plot_accuracy_by_method, "accuracy", ACCURACY),
+        FigureSpec("accuracy_vs_temperature", plot_accuracy_vs_temperature, "accuracy", ACCURACY),
+        FigureSpec("logp_by_method", plot_logp_by_method, "accuracy", LIKELIHOOD_AND_COMPUTE),
+        FigureSpec("tokens_by_method", plot_tokens_by_method, "accuracy", LIKELIHOOD_AND_COMPUTE),
+        FigureSpec(
+            "acceptance_by_block", plot_acceptance_by_block, "acceptance_by_block", POWER_SAMPLING
+        ),
+        FigureSpec("pass_at_k", plot_pass_at_k, "pass_at_k", ACCURACY),
+    ]
+}

@@ -1,10 +1,10 @@
 """Write data/{task}.parquet from the task's public source or a local file."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import fetch_task_data
+from powersampling.pipeline import download_dataset
 
 with job_log(snakemake.log[0]) as log:
-    fetch_task_data(
+    download_dataset(
         snakemake.wildcards.task,
         snakemake.params.task,
         seed=snakemake.params.seed,

@@ -1,10 +1,10 @@
 """Generate completions for one shard: one model load, batched decoding."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import generate_shard_file
+from powersampling.pipeline import generate
 
 with job_log(snakemake.log[0]) as log:
-    generate_shard_file(
+    generate(
         data_path=snakemake.input.data,
         model_name=snakemake.wildcards.model,
         model=snakemake.params.model,

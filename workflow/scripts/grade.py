@@ -1,10 +1,10 @@
 """Grade one generation shard against the task's reference answers."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import grade_shard_file
+from powersampling.pipeline import grade
 
 with job_log(snakemake.log[0]) as log:
-    grade_shard_file(
+    grade(
         generations_path=snakemake.input.generations,
         data_path=snakemake.input.data,
         task_name=snakemake.wildcards.task,

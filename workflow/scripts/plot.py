@@ -1,7 +1,7 @@
 """Draw one report figure from a metric table."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import draw_plot
+from powersampling.pipeline import plot
 
 with job_log(snakemake.log[0]):
-    draw_plot(snakemake.params.plot, snakemake.input[0], snakemake.output[0])
+    plot(snakemake.wildcards.plot, snakemake.input[0], snakemake.output[0])

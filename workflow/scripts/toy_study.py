@@ -1,10 +1,10 @@
 """Run one exact toy-world study: a table and its figure."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import run_toy_study
+from powersampling.pipeline import toy_study
 
 with job_log(snakemake.log[0]):
-    run_toy_study(
+    toy_study(
         snakemake.wildcards.study,
         snakemake.params.settings,
         seed=snakemake.params.seed,

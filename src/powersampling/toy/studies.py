@@ -13,12 +13,22 @@ cap, and returns a DataFrame; each has a plotting function beside it.
 3. :func:`greedy_vs_power`: the log-likelihood of the answers each method finds: greedy
    decoding, temperature 1/α, exact π_α, the power sampler after N steps, and the most
    likely answer.
+
+:data:`STUDIES` is the one list of these studies: each name maps to the function that
+computes its table from the workflow's settings (config section ``studies.exact_toy``),
+its plotting function and its caption file. The workflow's ``toy_study`` rule makes
+``results/studies/{name}.parquet`` and ``results/plots/study_{name}.svg`` for every entry.
+Adding a study is one entry in :data:`STUDIES` plus its caption file
+``reports/figures/study_{name}.rst`` (a Jinja2 template that sees ``snakemake.config``).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -254,3 +264,55 @@ def plot_greedy_vs_power(table: pd.DataFrame, path) -> None:
     ax.set(xlabel="", ylabel="E[log p(answer)]")
     ax.tick_params(axis="x", rotation=20)
     _save(fig, path)
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def _power_vs_temperature(model, prompts, eos_token_ids, settings) -> pd.DataFrame:
+    return power_vs_temperature(
+        model, prompts[0], eos_token_ids, settings["cap"], alphas=settings["alphas"]
+    )
+
+
+def _convergence(model, prompts, eos_token_ids, settings) -> pd.DataFrame:
+    return convergence(
+        model,
+        prompts[0],
+        eos_token_ids,
+        settings["cap"],
+        alpha=max(settings["alphas"]),
+        block_sizes=settings["block_sizes"],
+        steps=settings["mcmc_steps"],
+    )
+
+
+def _greedy_vs_power(model, prompts, eos_token_ids, settings) -> pd.DataFrame:
+    return greedy_vs_power(
+        model, prompts, eos_token_ids, settings["cap"], alphas=settings["alphas"]
+    )
+
+
+@dataclass(frozen=True)
+class Study:
+    """One exact study: its table, its figure and the figure's caption."""
+
+    name: str
+    # (model, prompts, eos_token_ids, settings of studies.exact_toy) -> the study's table
+    compute: Callable[[Any, list[list[int]], list[int], dict[str, Any]], pd.DataFrame]
+    plot: Callable[[pd.DataFrame, Path], None]
+
+    @property
+    def caption(self) -> str:
+        """The caption file of its figure, relative to the workflow's root (Jinja2)."""
+        return f"reports/figures/study_{self.name}.rst"
+
+
+STUDIES: dict[str, Study] = {
+    study.name: study
+    for study in [
+        Study("power_vs_temperature", _power_vs_temperature, plot_power_vs_temperature),
+        Study("convergence", _convergence, plot_convergence),
+        Study("greedy_vs_power", _greedy_vs_power, plot_greedy_vs_power),
+    ]
+}

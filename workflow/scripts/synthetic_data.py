@@ -1,10 +1,10 @@
 """Write data/{task}.parquet: one row per problem."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import build_task_data
+from powersampling.pipeline import synthetic_data
 
 with job_log(snakemake.log[0]):
-    build_task_data(
+    synthetic_data(
         snakemake.wildcards.task,
         snakemake.params.task,
         seed=snakemake.params.seed,
