@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from helpers_models import EOS_ID, PAD_ID, one_torch_thread, tiny_model  # noqa: F401
 
+from powersampling.config import validate_config
 from powersampling.engine import DecodingEngine
 from powersampling.errors import UserError
 from powersampling.io import GENERATION_SCHEMA
-from powersampling.samplers import _REGISTRY, Sampler, completion_record, get_sampler
+from powersampling.samplers import (
+    SAMPLERS,
+    Param,
+    Sampler,
+    completion_record,
+    get_sampler,
+    sampler_class,
+    sampler_names,
+)
 from powersampling.samplers.basic import GreedySampler, TemperatureSampler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [[3, 4, 5, 6], [7], [8, 9, 10]]
 # Fields a sampler reports; the rest of the schema describes the run and the prompt.
 RECORD_KEYS = set(GENERATION_SCHEMA.names) - {
@@ -39,7 +50,7 @@ def test_registry_builds_the_basic_samplers(engine):
         get_sampler({"sampler": "temperature", "T": 2, "max_new_tokens": 3}, engine).params["top_k"]
         is None
     )  # default
-    assert "power" in _REGISTRY
+    assert "power" in SAMPLERS
 
 
 @pytest.mark.parametrize(
@@ -50,9 +61,18 @@ def test_registry_builds_the_basic_samplers(engine):
         ({"sampler": "greedy", "max_new_tokens": 8, "T": 1.0}, "unknown parameter 'T'"),
         ({"sampler": "greedy"}, "missing parameter 'max_new_tokens'"),
         ({"sampler": "temperature", "max_new_tokens": 8}, "missing parameter 'T'"),
-        ({"sampler": "temperature", "T": 0, "max_new_tokens": 8}, "T must be a number > 0"),
-        ({"sampler": "temperature", "T": 1, "top_k": 0, "max_new_tokens": 8}, "top_k must be"),
-        ({"sampler": "greedy", "max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
+        (
+            {"sampler": "temperature", "T": 0, "max_new_tokens": 8},
+            "T: 0 is less than or equal to the minimum of 0",
+        ),
+        (
+            {"sampler": "temperature", "T": 1, "top_k": 0, "max_new_tokens": 8},
+            "top_k: 0 is less than the minimum of 1",
+        ),
+        (
+            {"sampler": "greedy", "max_new_tokens": 0},
+            "max_new_tokens: 0 is less than the minimum of 1",
+        ),
     ],
 )
 def test_bad_methods_are_user_errors(engine, method, message):
@@ -60,8 +80,74 @@ def test_bad_methods_are_user_errors(engine, method, message):
         get_sampler(method, engine)
 
 
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"sampler": "greedy", "max_new_tokens": 8.0},  # an integer must be an int
+        {"sampler": "greedy", "max_new_tokens": True},
+        {"sampler": "power", "alpha": 4, "stop_at_eos": "yes"},
+        {"sampler": "power", "alpha": 4, "mcmc_steps": -1},
+        {"sampler": "power", "alpha": 4, "proposal_temperature": 0},
+    ],
+)
+def test_sampler_and_config_reject_the_same_values(engine, method):
+    """One parameter spec: building the sampler and validating a config agree."""
+    with pytest.raises(UserError):
+        get_sampler(method, engine)
+    config = {
+        "models": {"toy": {"source": "toy"}},
+        "tasks": {"t": {"kind": "synthetic", "limit": 2}},
+        "methods": {"m": method},
+        "experiments": [{"tasks": ["t"], "models": ["toy"], "methods": ["m"]}],
+    }
+    with pytest.raises(UserError, match="methods.m"):
+        validate_config(config, ROOT / "config" / "schema.yaml")
+
+
+class EchoSampler(Sampler):
+    """A sampler defined outside the package: returns the prompt as the completion."""
+
+    name = "echo"
+    PARAMS = {
+        "repeat": Param({"type": "integer", "minimum": 1}, "Copies of the prompt."),
+        "note": Param({"type": "string"}, "Free text.", default=""),
+    }
+
+    def sample(self, prompts, generator=None):
+        raise NotImplementedError
+
+
+def test_a_new_sampler_is_one_class_and_one_registry_line(engine, monkeypatch):
+    monkeypatch.setitem(SAMPLERS, "echo", "test_samplers:EchoSampler")
+    assert get_sampler({"sampler": "echo", "repeat": 2}, engine).params == {
+        "repeat": 2,
+        "note": "",
+    }
+    config = {
+        "models": {"toy": {"source": "toy"}},
+        "tasks": {"t": {"kind": "synthetic", "limit": 2}},
+        "methods": {"ok": {"sampler": "echo", "repeat": 1}, "bad": {"sampler": "echo"}},
+        "experiments": [{"tasks": ["t"], "models": ["toy"], "methods": ["ok"]}],
+    }
+    with pytest.raises(UserError, match="methods.bad: 'repeat' is a required property"):
+        validate_config(config, ROOT / "config" / "schema.yaml")
+    del config["methods"]["bad"]
+    validated = validate_config(config, ROOT / "config" / "schema.yaml")
+    assert validated["methods"]["ok"] == {"sampler": "echo", "repeat": 1}  # defaults: at run time
+
+
+@pytest.mark.parametrize("name", sampler_names())
+def test_every_parameter_is_described_and_its_default_is_valid(engine, name):
+    cls = sampler_class(name)
+    for key, param in cls.PARAMS.items():
+        assert param.description, f"{name}.{key} has no description"
+    required = {k: 1 for k, p in cls.PARAMS.items() if p.required}  # 1 fits every schema here
+    sampler = cls(engine, **required)
+    assert set(sampler.params) == set(cls.PARAMS)
+
+
 def test_missing_sampler_module_is_a_user_error(engine, monkeypatch):
-    monkeypatch.setitem(_REGISTRY, "ghost", "powersampling.samplers.no_such_module:Ghost")
+    monkeypatch.setitem(SAMPLERS, "ghost", "powersampling.samplers.no_such_module:Ghost")
     with pytest.raises(UserError, match="sampler 'ghost' is not available"):
         get_sampler({"sampler": "ghost"}, engine)
 

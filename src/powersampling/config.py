@@ -19,6 +19,8 @@ import jsonschema
 import yaml
 
 from powersampling.errors import UserError
+from powersampling.samplers import method_schema
+from powersampling.samplers.base import StrictValidator
 from powersampling.seeding import derive_seed
 from powersampling.sources import is_local_path
 from powersampling.tasks import get_task
@@ -40,7 +42,7 @@ def _set_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _set_defaults(jsonschema.Draft202012Validator)
+_Validator = _set_defaults(StrictValidator)
 
 
 def _key(path) -> str:
@@ -57,13 +59,21 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 
 def load_schema(path: str | os.PathLike) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+    """The config schema, with the methods' schema built from the samplers' parameter specs."""
+    return with_method_schema(yaml.safe_load(Path(path).read_text()))
+
+
+def with_method_schema(schema: dict) -> dict:
+    """``schema`` whose ``$defs/method`` is :func:`powersampling.samplers.method_schema`:
+    the samplers' own parameter specs are the one definition of a method's parameters."""
+    schema = copy.deepcopy(schema)
+    schema.setdefault("$defs", {})["method"] = method_schema()
+    return schema
 
 
 def validate_config(config: dict[str, Any], schema: dict | str | os.PathLike) -> dict[str, Any]:
     """Return a copy of ``config`` with defaults filled in, or raise UserError listing problems."""
-    if not isinstance(schema, dict):
-        schema = load_schema(schema)
+    schema = with_method_schema(schema) if isinstance(schema, dict) else load_schema(schema)
     config = copy.deepcopy(dict(config))
     errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     # Conditional (if/then) branches report the same unknown key more than once.

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from powersampling.samplers import (
-    REQUIRED,
-    Sampler,
-    check_positive_float,
-    check_positive_int,
-    completion_record,
-)
+from powersampling.samplers.base import Param, Sampler, completion_record
+
+MAX_NEW_TOKENS = Param({"type": "integer", "minimum": 1}, "Most new tokens per answer.")
 
 
 def _records(prompts, ext, temperature: float) -> list[dict]:
@@ -33,11 +29,7 @@ class GreedySampler(Sampler):
     """The most likely next token at every step (ties: the lowest token id)."""
 
     name = "greedy"
-    PARAMS = {"max_new_tokens": REQUIRED}
-
-    def __init__(self, engine, **params):
-        super().__init__(engine, **params)
-        check_positive_int(self.name, "max_new_tokens", self.params["max_new_tokens"])
+    PARAMS = {"max_new_tokens": MAX_NEW_TOKENS}
 
     def sample(
         self, prompts: list[list[int]], generator: torch.Generator | None = None
@@ -50,13 +42,15 @@ class TemperatureSampler(Sampler):
     """Ancestral sampling from softmax(logits / T), optionally restricted to the top-k tokens."""
 
     name = "temperature"
-    PARAMS = {"T": REQUIRED, "top_k": None, "max_new_tokens": REQUIRED}
-
-    def __init__(self, engine, **params):
-        super().__init__(engine, **params)
-        check_positive_float(self.name, "T", self.params["T"])
-        check_positive_int(self.name, "top_k", self.params["top_k"], allow_none=True)
-        check_positive_int(self.name, "max_new_tokens", self.params["max_new_tokens"])
+    PARAMS = {
+        "T": Param({"type": "number", "exclusiveMinimum": 0}, "Sampling temperature."),
+        "top_k": Param(
+            {"type": ["integer", "null"], "minimum": 1},
+            "Sample from the k most likely tokens only (null: the whole vocabulary).",
+            default=None,
+        ),
+        "max_new_tokens": MAX_NEW_TOKENS,
+    }
 
     def sample(self, prompts: list[list[int]], generator: torch.Generator) -> list[dict]:
         ext = self.engine.extend(

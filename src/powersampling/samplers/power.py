@@ -66,13 +66,7 @@ import numpy as np
 import torch
 
 from powersampling.engine import Finished, RollingDecoder, TokenStats
-from powersampling.errors import UserError
-from powersampling.samplers import (
-    Sampler,
-    check_positive_float,
-    check_positive_int,
-    completion_record,
-)
+from powersampling.samplers.base import Param, Sampler, completion_record
 
 
 def block_caps(block_size: int, max_new_tokens: int) -> list[int]:
@@ -146,42 +140,57 @@ def log_acceptance(
 class PowerSampler(Sampler):
     """Exact block-wise Metropolis–Hastings power sampling, batched over prompts.
 
-    Params: ``alpha`` (4.0), ``block_size`` (192), ``max_new_tokens`` (3072),
-    ``mcmc_steps`` (10 per block; 0 gives plain block-wise proposal sampling),
-    ``proposal_temperature`` (None → 1/alpha), ``proposal_top_k`` (None),
-    ``greedy_accept`` (False; True is the α→∞ variant: accept iff p does not decrease),
-    ``stop_at_eos`` (True: a chain leaves after the block in which it ends with EOS).
     For several chains per prompt, repeat the prompt.
     """
 
     name = "power"
     PARAMS = {
-        "alpha": 4.0,
-        "block_size": 192,
-        "max_new_tokens": 3072,
-        "mcmc_steps": 10,
-        "proposal_temperature": None,
-        "proposal_top_k": None,
-        "greedy_accept": False,
-        "stop_at_eos": True,
+        "alpha": Param(
+            {"type": "number", "exclusiveMinimum": 0},
+            "Power-sampling exponent; the target is p(x)^alpha over whole answers.",
+            default=4.0,
+        ),
+        "block_size": Param(
+            {"type": "integer", "minimum": 1},
+            "Power sampling grows the answer in blocks of this many tokens.",
+            default=192,
+        ),
+        "max_new_tokens": Param(
+            {"type": "integer", "minimum": 1}, "Most new tokens per answer.", default=3072
+        ),
+        "mcmc_steps": Param(
+            {"type": "integer", "minimum": 0},
+            "Metropolis-Hastings steps after each block (0: plain block-wise proposals).",
+            default=10,
+        ),
+        "proposal_temperature": Param(
+            {"type": ["number", "null"], "exclusiveMinimum": 0},
+            "Temperature of the proposal (null: 1/alpha).",
+            default=None,
+        ),
+        "proposal_top_k": Param(
+            {"type": ["integer", "null"], "minimum": 1},
+            "Restrict proposals to the top-k tokens (null: the whole vocabulary).",
+            default=None,
+        ),
+        "greedy_accept": Param(
+            {"type": "boolean"},
+            "The alpha-to-infinity variant: accept iff the target increases.",
+            default=False,
+        ),
+        "stop_at_eos": Param(
+            {"type": "boolean"},
+            "Stop a chain after the block in which it ends with EOS (the published "
+            "procedure; this favours short answers). false keeps every chain to the last "
+            "block, which makes the output exactly pi_alpha at max_new_tokens.",
+            default=True,
+        ),
     }
-
     def __init__(self, engine, **params):
         super().__init__(engine, **params)
         p = self.params
-        check_positive_float(self.name, "alpha", p["alpha"])
-        check_positive_int(self.name, "block_size", p["block_size"])
-        check_positive_int(self.name, "max_new_tokens", p["max_new_tokens"])
-        steps = p["mcmc_steps"]
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise UserError(f"sampler 'power': mcmc_steps must be an integer >= 0 (got {steps!r})")
         if p["proposal_temperature"] is None:
             p["proposal_temperature"] = 1.0 / float(p["alpha"])
-        check_positive_float(self.name, "proposal_temperature", p["proposal_temperature"])
-        check_positive_int(self.name, "proposal_top_k", p["proposal_top_k"], allow_none=True)
-        for flag in ["greedy_accept", "stop_at_eos"]:
-            if not isinstance(p[flag], bool):
-                raise UserError(f"sampler 'power': {flag} must be true or false (got {p[flag]!r})")
         self.alpha = float(p["alpha"])
         self.temperature = float(p["proposal_temperature"])
         self.caps = block_caps(p["block_size"], p["max_new_tokens"])

@@ -1,0 +1,134 @@
+"""What every sampler shares: its parameter spec, the base class, and the record it returns.
+
+A sampler declares its parameters once, in ``PARAMS`` (name → :class:`Param`: a JSON Schema
+of the value, a description and a default). That spec is the only copy: config validation
+builds the schema of a method entry from it (:func:`powersampling.samplers.method_schema`)
+so a bad parameter stops the workflow before any job runs, and :func:`resolve_params`
+checks the same schema when a sampler is built directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import jsonschema
+import torch
+
+from powersampling.errors import UserError
+
+# Marks a parameter without a default.
+REQUIRED: Any = object()
+
+
+def _is_strict_integer(checker, instance) -> bool:
+    # JSON Schema counts 3.0 as an integer; a token budget of 3.0 would fail much later.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# Draft 2020-12, except that an integer must be an int (not 3.0, not a bool).
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", _is_strict_integer
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One sampler parameter: the JSON Schema of its value, what it means, its default."""
+
+    schema: dict[str, Any]
+    description: str
+    default: Any = REQUIRED
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def json_schema(self) -> dict[str, Any]:
+        """The value's schema with its description (no default: samplers fill those in)."""
+        return {**copy.deepcopy(self.schema), "description": self.description}
+
+
+class Sampler(ABC):
+    """Draws one completion per prompt.
+
+    Subclasses set ``name`` and ``PARAMS`` and implement :meth:`sample`; the validated
+    parameters, defaults filled in, are in ``self.params``.
+    """
+
+    name: ClassVar[str]
+    PARAMS: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, engine, **params):
+        self.engine = engine
+        self.params = resolve_params(self.name, self.PARAMS, params)
+
+    @abstractmethod
+    def sample(self, prompts: list[list[int]], generator: torch.Generator) -> list[dict]:
+        """One dict per prompt (in order) with the keys of :func:`completion_record`."""
+
+
+def resolve_params(sampler: str, spec: dict[str, Param], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` checked against ``spec`` and completed with its defaults.
+
+    Unknown or missing names and values outside a parameter's schema are UserErrors.
+    """
+    unknown = sorted(set(given) - set(spec))
+    if unknown:
+        raise UserError(
+            f"sampler {sampler!r}: unknown parameter {unknown[0]!r}; it takes {sorted(spec)}"
+        )
+    missing = [name for name, param in spec.items() if param.required and name not in given]
+    if missing:
+        raise UserError(f"sampler {sampler!r}: missing parameter {missing[0]!r}")
+    for name, value in given.items():
+        error = jsonschema.exceptions.best_match(
+            StrictValidator(spec[name].schema).iter_errors(value)
+        )
+        if error is not None:
+            raise UserError(f"sampler {sampler!r}: {name}: {error.message}")
+    return {name: given.get(name, param.default) for name, param in spec.items()}
+
+
+def completion_record(
+    tokens: list[int],
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    top1: torch.Tensor,
+    finish_reason: str,
+    *,
+    temperature: float,
+    tokens_decoded: int,
+    tokens_prefilled: int,
+    acceptance_rate: float | None = None,
+    proposals: int | None = None,
+    block_trace: list[dict] | None = None,
+) -> dict:
+    """The per-completion fields of the generation schema.
+
+    ``logp``, ``entropy`` and ``top1`` are per new token (EOS included), from the base model
+    at T=1. An empty completion has NaN mean entropy, perplexity and self-confidence.
+    """
+    n = len(tokens)
+    logp_sum = float(logp.sum()) if n else 0.0
+    return {
+        "completion_ids": [int(t) for t in tokens],
+        "n_new_tokens": n,
+        "finish_reason": finish_reason,
+        "logp_sum": logp_sum,
+        "mean_entropy": float(entropy.mean()) if n else math.nan,
+        "perplexity": math.exp(-logp_sum / n) if n else math.nan,
+        "self_confidence": float(top1.mean()) if n else math.nan,
+        "temperature": float(temperature),
+        "tokens_decoded": int(tokens_decoded),
+        "tokens_prefilled": int(tokens_prefilled),
+        "acceptance_rate": acceptance_rate,
+        "proposals": proposals,
+        "block_trace": block_trace,
+    }
