@@ -1,4 +1,4 @@
-"""Metric tables over every graded shard: accuracy with CIs, pass@k, MCMC acceptance."""
+"""Metric tables over every graded shard: accuracy with CIs, pass@k, sampler diagnostics."""
 
 
 rule collect_metrics:
@@ -9,6 +9,7 @@ rule collect_metrics:
         accuracy_csv="results/tables/accuracy.csv",
         pass_at_k="results/tables/pass_at_k.parquet",
         acceptance="results/tables/acceptance_by_block.parquet",
+        sampler_trace="results/tables/sampler_trace.parquet",
         accuracy_html=report(
             "results/tables/accuracy.html",
             caption="../reports/accuracy_table.rst",
@@ -56,11 +57,11 @@ rule judge_alpaca_eval:
         "results/alpaca_eval/{task}/{model}/{method}/seed{seed}.json",
     output:
         directory("results/alpaca_eval/{task}/{model}/{method}/seed{seed}_judged"),
-    params:
-        judge=config.get("alpaca_eval_judge"),
     log:
         "logs/judge_alpaca_eval/{task}/{model}/{method}/seed{seed}.log",
     conda:
         "../environment.yml"
+    params:
+        judge=config.get("alpaca_eval_judge"),
     script:
         "../workflow/scripts/judge_alpaca_eval.py"

@@ -69,7 +69,7 @@ def test_greedy_shard_has_the_schema(model, tokenizer, tmp_path):
     ].itertuples(index=False):
         assert len(ids) == n and text == tokenizer.decode(ids, skip_special_tokens=True)
         assert (reason == "eos") == (ids[-1] == EOS_ID)
-    assert df["acceptance_rate"].isna().all() and df["block_trace"].isna().all()
+    assert df["acceptance_rate"].isna().all() and df["sampler_trace"].isna().all()
     assert (df["wall_time_s"] > 0).all()
     assert len(lines) == 3  # one line per batch of 2
     path = tmp_path / "shard002.parquet"

@@ -12,9 +12,11 @@ from powersampling.metrics import (
     ACCEPTANCE_COLUMNS,
     ACCURACY_COLUMNS,
     PASS_AT_K_COLUMNS,
+    SAMPLER_TRACE_COLUMNS,
     acceptance_by_block,
     accuracy_table,
     pass_at_k_table,
+    sampler_trace_table,
 )
 from powersampling.stats import pass_at_k
 
@@ -69,7 +71,7 @@ def make_graded(n_problems=12, seeds=(0, 1, 2), models=("toy", "toy2"), seed=0) 
                             "tokens_prefilled": 100 if power else None,
                             "wall_time_s": float(rng.random()),
                             "acceptance_rate": float(rng.random()) if power else None,
-                            "block_trace": trace(rng) if power else None,
+                            "sampler_trace": trace(rng) if power else None,
                         }
                     )
     return pd.DataFrame(rows)
@@ -200,7 +202,7 @@ def test_acceptance_by_block_pools_proposals_per_block():
     table = acceptance_by_block(graded)
     assert list(table.columns) == ACCEPTANCE_COLUMNS
     assert set(table.method) == {"power_a4"} and list(table.block) == [0, 1, 2]
-    entries = [e for t in graded.block_trace.dropna() for e in t]
+    entries = [e for t in graded.sampler_trace.dropna() for e in t]
     for row in table.itertuples():
         block = [e for e in entries if e["block"] == row.block]
         accepted = sum(e["accepted"] for e in block)
@@ -212,7 +214,7 @@ def test_acceptance_by_block_pools_proposals_per_block():
 def test_acceptance_by_block_without_traces_is_empty():
     graded = make_graded(models=("toy",))
     none = graded[graded.method != "power_a4"]
-    for frame in [none, none.drop(columns="block_trace")]:
+    for frame in [none, none.drop(columns="sampler_trace")]:
         table = acceptance_by_block(frame)
         assert table.empty and list(table.columns) == ACCEPTANCE_COLUMNS
     with pytest.raises(UserError, match="empty"):
@@ -222,7 +224,50 @@ def test_acceptance_by_block_without_traces_is_empty():
 def test_acceptance_rate_is_nan_for_a_block_without_proposals():
     graded = make_graded(models=("toy",), n_problems=1, seeds=(0,))
     graded = graded[graded.method == "power_a4"].copy()
-    graded["block_trace"] = [
+    graded["sampler_trace"] = [
         [{"block": 0, "length": 4, "proposals": 0, "accepted": 0, "logp": -1.0}]
     ]
     assert math.isnan(acceptance_by_block(graded).acceptance_rate.iloc[0])
+
+
+# --- sampler_trace_table --------------------------------------------------------------
+
+
+def test_sampler_trace_table_summarises_any_sampler_keys(tmp_path):
+    """A sampler with its own trace keys reaches the table without any schema change, and
+    the summary is the same after a Parquet round trip (where records become key/value
+    pairs and every number a float)."""
+    graded = make_graded(models=("toy",), n_problems=3, seeds=(0,))
+    graded = graded[graded.method != "greedy"].copy()
+    other = graded.method == "temp_0.7"
+    graded.loc[other, "sampler_trace"] = pd.Series(
+        [[{"ess": 4.0, "resampled": 1}, {"ess": 2.5}] for _ in range(int(other.sum()))],
+        index=graded.index[other],
+        dtype=object,
+    )
+    table = sampler_trace_table(graded)
+    assert list(table.columns) == SAMPLER_TRACE_COLUMNS
+    ess = table[(table.method == "temp_0.7") & (table.field == "ess")]
+    assert list(ess.stage) == [0, 1] and list(ess["mean"]) == [4.0, 2.5]
+    assert list(ess.n_rows) == [3, 3]
+    resampled = table[(table.method == "temp_0.7") & (table.field == "resampled")]
+    assert list(resampled.stage) == [0] and resampled.total.iloc[0] == 3
+    power = table[(table.method == "power_a4") & (table.field == "accepted")]
+    entries = [t for t in graded[graded.method == "power_a4"].sampler_trace]
+    for row in power.itertuples():
+        assert row.total == sum(t[row.stage]["accepted"] for t in entries)
+
+    path = tmp_path / "graded.parquet"
+    write_parquet(graded, path, GRADED_SCHEMA)
+    pd.testing.assert_frame_equal(sampler_trace_table(read_parquet(path)), table)
+    pd.testing.assert_frame_equal(
+        acceptance_by_block(read_parquet(path)), acceptance_by_block(graded)
+    )
+
+
+def test_sampler_trace_table_without_traces_is_empty():
+    graded = make_graded(models=("toy",))
+    none = graded[graded.method != "power_a4"]
+    for frame in [none, none.drop(columns="sampler_trace")]:
+        table = sampler_trace_table(frame)
+        assert table.empty and list(table.columns) == SAMPLER_TRACE_COLUMNS

@@ -12,6 +12,7 @@ from powersampling.metrics import (
     ACCEPTANCE_COLUMNS,
     ACCURACY_COLUMNS,
     PASS_AT_K_COLUMNS,
+    SAMPLER_TRACE_COLUMNS,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,6 +71,21 @@ def passk_rows() -> pd.DataFrame:
     )  # fmt: skip
 
 
+def trace_rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"task": "synthetic", "model": "toy", "method": m, "sampler": sampler,
+             "stage": stage, "field": field, "n_rows": 10, "mean": value, "total": 10 * value}
+            for m, sampler, fields in [
+                ("power_a4", "power", {"accepted": 1.5, "logp": -3.0}),
+                ("smc_16", "smc", {"ess": 7.0}),
+            ]
+            for stage in range(3)
+            for field, value in fields.items()
+        ]
+    )  # fmt: skip
+
+
 CASES = [
     (plots.plot_accuracy_by_method, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_accuracy_vs_temperature, accuracy_rows, ACCURACY_COLUMNS),
@@ -77,6 +93,7 @@ CASES = [
     (plots.plot_tokens_by_method, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_acceptance_by_block, acceptance_rows, ACCEPTANCE_COLUMNS),
     (plots.plot_pass_at_k, passk_rows, PASS_AT_K_COLUMNS),
+    (plots.plot_sampler_trace, trace_rows, SAMPLER_TRACE_COLUMNS),
 ]
 IDS = [case[0].__name__ for case in CASES]
 
@@ -144,7 +161,7 @@ def test_every_figure_is_registered_once_with_its_table_and_caption():
     for name, spec in plots.FIGURES.items():
         assert spec.name == name
         assert spec.draw.__name__ == f"plot_{name}"
-        assert spec.table in {"accuracy", "pass_at_k", "acceptance_by_block"}
+        assert spec.table in {"accuracy", "pass_at_k", "acceptance_by_block", "sampler_trace"}
         assert spec.category[0].isdigit(), spec.category  # report categories are numbered
         caption = ROOT / spec.caption
         assert caption.is_file() and caption.read_text().strip(), spec.caption

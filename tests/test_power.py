@@ -96,7 +96,7 @@ def test_records_are_consistent(engine):
         assert o["temperature"] == pytest.approx(1 / 3)
         assert (o["finish_reason"] == "eos") == (o["completion_ids"][-1] == EOS)
         assert EOS not in o["completion_ids"][:-1]
-        trace = o["block_trace"]
+        trace = o["sampler_trace"]
         blocks = len(trace)
         # a chain stops after the first block that ends with EOS, or at the last block
         assert [b["block"] for b in trace] == list(range(blocks))
@@ -120,7 +120,7 @@ def test_same_seed_same_output_and_different_seed_differs(engine):
     a = sampler.sample(PROMPTS * 4, torch_generator(7))
     b = sampler.sample(PROMPTS * 4, torch_generator(7))
     c = sampler.sample(PROMPTS * 4, torch_generator(8))
-    key = ["completion_ids", "logp_sum", "acceptance_rate", "tokens_decoded", "block_trace"]
+    key = ["completion_ids", "logp_sum", "acceptance_rate", "tokens_decoded", "sampler_trace"]
     assert [[o[k] for k in key] for o in a] == [[o[k] for k in key] for o in b]
     assert [o["completion_ids"] for o in a] != [o["completion_ids"] for o in c]
 
@@ -130,7 +130,7 @@ def test_length_cap_without_eos(no_eos_engine):
     out = sampler.sample(PROMPTS, torch_generator(0))
     for o in out:
         assert o["finish_reason"] == "length" and o["n_new_tokens"] == 10
-        assert [b["length"] for b in o["block_trace"]] == [4, 8, 10]
+        assert [b["length"] for b in o["sampler_trace"]] == [4, 8, 10]
         assert o["proposals"] == 6
 
 
@@ -140,7 +140,7 @@ def test_zero_steps_is_plain_blockwise_sampling(engine):
     for o, prompt in zip(out, PROMPTS, strict=True):
         assert o["proposals"] == 0 and o["acceptance_rate"] is None
         assert o["tokens_decoded"] == o["n_new_tokens"]
-        assert o["tokens_prefilled"] == len(prompt) - 1 + len(o["block_trace"])
+        assert o["tokens_prefilled"] == len(prompt) - 1 + len(o["sampler_trace"])
 
 
 def test_greedy_accept_never_lowers_the_likelihood(no_eos_engine):
@@ -178,4 +178,4 @@ def test_chains_queue_for_a_small_batch(engine):
     logp, _ = engine.score(PROMPTS * 3, [o["completion_ids"] for o in a])
     for o, lp in zip(a, logp, strict=True):
         assert o["logp_sum"] == pytest.approx(float(lp.sum()), abs=1e-4)
-        assert o["proposals"] == 3 * len(o["block_trace"])
+        assert o["proposals"] == 3 * len(o["sampler_trace"])

@@ -111,12 +111,12 @@ def test_several_blocks_follow_the_exact_procedure(engine, support):
     out = run_chains(engine, seed=4, alpha=ALPHA, block_size=block, mcmc_steps=steps)
     counts = counts_of(out, support)
     assert goodness_of_fit(counts, parts.sum(axis=0))[2] > REJECT
-    reached = [o for o in out if len(o["block_trace"]) == 2]
+    reached = [o for o in out if len(o["sampler_trace"]) == 2]
     assert 150 < len(reached) < 450  # about 14% of 2000 chains run the second block
     assert goodness_of_fit(counts_of(reached, support), pi)[2] > REJECT
     assert goodness_of_fit(counts_of(reached, support), proposal_distribution(support))[2] < REJECT
     for o in out:
-        assert o["proposals"] == steps * len(o["block_trace"])
+        assert o["proposals"] == steps * len(o["sampler_trace"])
         assert (o["finish_reason"] == "eos") == (o["completion_ids"][-1] == EOS)
 
 
@@ -131,7 +131,7 @@ def test_alpha_one_without_early_stop_gives_the_base_distribution(model, engine)
     counts = counts_of(out, support1)
     assert goodness_of_fit(counts, p)[2] > REJECT
     assert goodness_of_fit(counts, power_distribution(support1, 3.0))[2] < REJECT
-    assert all(len(o["block_trace"]) == CAP for o in out)  # every chain ran every block
+    assert all(len(o["sampler_trace"]) == CAP for o in out)  # every chain ran every block
 
 
 def test_early_stop_biases_towards_short_answers_even_at_alpha_one(model, engine):

@@ -168,7 +168,7 @@ def test_greedy_records_are_consistent_with_the_engine(engine):
         assert rec["self_confidence"] == pytest.approx(float(ext.top1[i].mean()))
         assert rec["temperature"] == 0.0
         assert rec["acceptance_rate"] is None and rec["proposals"] is None
-        assert rec["block_trace"] is None
+        assert rec["sampler_trace"] is None
 
 
 def test_temperature_sampler_is_seeded(engine):

@@ -175,9 +175,9 @@ def test_power_sampling_rows_carry_their_mcmc_record(finished_run):
     assert power["acceptance_rate"].between(0, 1).all()
     assert (power["proposals"] >= 2).all()  # at least mcmc_steps per block
     assert (power["tokens_decoded"] >= power["n_new_tokens"]).all()
-    assert power["block_trace"].map(len).ge(1).all()
+    assert power["sampler_trace"].map(len).ge(1).all()
     greedy = pd.read_parquet(workdir / GENERATIONS.format(method="greedy", seed=0, shard=0))
-    assert greedy["acceptance_rate"].isna().all() and greedy["block_trace"].isna().all()
+    assert greedy["acceptance_rate"].isna().all() and greedy["sampler_trace"].isna().all()
     acceptance = pd.read_parquet(workdir / "results/tables/acceptance_by_block.parquet")
     assert set(acceptance["method"]) == {"power_2"}
 

@@ -17,17 +17,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-BLOCK_TRACE_TYPE = pa.list_(
-    pa.struct(
-        [
-            ("block", pa.int32()),
-            ("length", pa.int32()),
-            ("proposals", pa.int32()),
-            ("accepted", pa.int32()),
-            ("logp", pa.float64()),
-        ]
-    )
-)
+# A sampler's per-stage diagnostics (a power-sampling block, ...): one record per stage, in
+# order, each mapping the keys its class documents in ``TRACE_FIELDS`` to numbers. A map
+# rather than a struct, so that a new sampler's diagnostics need no change here.
+SAMPLER_TRACE_TYPE = pa.list_(pa.map_(pa.string(), pa.float64()))
 
 # One row per (problem, sample). Power-sampling columns are null for other samplers.
 GENERATION_SCHEMA = pa.schema(
@@ -56,7 +49,7 @@ GENERATION_SCHEMA = pa.schema(
         ("tokens_decoded", pa.int64()),
         ("tokens_prefilled", pa.int64()),
         ("wall_time_s", pa.float64()),
-        ("block_trace", BLOCK_TRACE_TYPE),
+        ("sampler_trace", SAMPLER_TRACE_TYPE),
     ]
 )
 

@@ -41,6 +41,7 @@ ACCURACY_COLUMNS = [
 ]
 PASS_AT_K_COLUMNS = [*GROUP, "k", "pass_at_k"]
 ACCEPTANCE_COLUMNS = [*GROUP, "block", "acceptance_rate", "mean_logp"]
+SAMPLER_TRACE_COLUMNS = [*GROUP, "sampler", "stage", "field", "n_rows", "mean", "total"]
 
 
 def _check_graded(graded: pd.DataFrame, required: list[str]) -> None:
@@ -191,36 +192,89 @@ def pass_at_k_table(graded: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _trace_entries(trace) -> list:
-    """The entries of one row's block_trace (a list, a NumPy array from Parquet, or null)."""
+def _trace_entries(trace) -> list[dict]:
+    """The stage records of one row's ``sampler_trace`` as dicts.
+
+    Accepts what the column holds in memory (a list of dicts) and what Parquet gives back
+    (an array of lists of (key, value) pairs); null or empty gives no records.
+    """
     if trace is None or (isinstance(trace, float) and math.isnan(trace)):
         return []
-    return list(trace)
+    return [dict(record) for record in trace]
+
+
+def _trace_records(graded: pd.DataFrame) -> pd.DataFrame:
+    """One row per (graded row, stage): the group keys, ``sampler``, ``row``, ``stage``
+    (position in the trace) and the stage's fields as columns (NaN where a record lacks one).
+    """
+    if "sampler_trace" not in graded.columns:
+        return pd.DataFrame()
+    samplers = graded["sampler"] if "sampler" in graded.columns else [None] * len(graded)
+    records = [
+        {
+            "task": task,
+            "model": model,
+            "method": method,
+            "sampler": sampler,
+            "row": row,
+            "stage": stage,
+            **fields,
+        }
+        for row, (task, model, method, sampler, trace) in enumerate(
+            zip(
+                graded["task"],
+                graded["model"],
+                graded["method"],
+                samplers,
+                graded["sampler_trace"],
+                strict=True,
+            )
+        )
+        for stage, fields in enumerate(_trace_entries(trace))
+    ]
+    return pd.DataFrame(records)
+
+
+def sampler_trace_table(graded: pd.DataFrame) -> pd.DataFrame:
+    """Every sampler's per-stage diagnostics, summarised: one row per (task, model, method,
+    stage, field) with the field's mean and total over the rows that reached the stage.
+
+    Sampler-agnostic: whatever keys a sampler records in its ``sampler_trace`` (documented
+    in its ``TRACE_FIELDS``) appear here as ``field`` values; no trace gives an empty frame.
+    """
+    _check_graded(graded, GROUP)
+    records = _trace_records(graded)
+    if records.empty:
+        return pd.DataFrame(columns=SAMPLER_TRACE_COLUMNS)
+    keys = [*GROUP, "sampler", "stage"]
+    long = records.drop(columns="row").melt(id_vars=keys, var_name="field").dropna(subset="value")
+    table = (
+        long.groupby([*keys, "field"], sort=True, dropna=False)["value"]
+        .agg(n_rows="size", mean="mean", total="sum")
+        .reset_index()
+    )
+    table["stage"] = table["stage"].astype("int64")
+    table["n_rows"] = table["n_rows"].astype("int64")
+    return table[SAMPLER_TRACE_COLUMNS]
 
 
 def acceptance_by_block(graded: pd.DataFrame) -> pd.DataFrame:
-    """MH acceptance rate and mean log p per block index, from the power-sampling block traces.
+    """MH acceptance rate and mean log p per block index, from the power-sampling traces.
 
-    The acceptance rate pools all proposals of a block across rows (accepted / proposals,
-    NaN for a block with no proposals); ``mean_logp`` is the mean log p of the chain's
-    state at the end of the block. No row with a trace gives an empty frame.
+    Reads the trace records that carry the block fields of power sampling (``block``,
+    ``proposals``, ``accepted``, ``logp``). The acceptance rate pools all proposals of a
+    block across rows (accepted / proposals, NaN for a block with no proposals);
+    ``mean_logp`` is the mean log p of the chain's state at the end of the block. No such
+    record gives an empty frame.
     """
     _check_graded(graded, GROUP)
-    if "block_trace" not in graded.columns:
+    entries = _trace_records(graded)
+    fields = ["block", "proposals", "accepted", "logp"]
+    if entries.empty or not set(fields) <= set(entries.columns):
         return pd.DataFrame(columns=ACCEPTANCE_COLUMNS)
-    records = [
-        {"task": task, "model": model, "method": method, **dict(entry)}
-        for task, model, method, trace in zip(
-            graded["task"], graded["model"], graded["method"], graded["block_trace"], strict=True
-        )
-        for entry in _trace_entries(trace)
-    ]
-    if not records:
+    entries = entries.dropna(subset=fields)
+    if entries.empty:
         return pd.DataFrame(columns=ACCEPTANCE_COLUMNS)
-    entries = pd.DataFrame(records)
-    missing = [c for c in ["block", "proposals", "accepted", "logp"] if c not in entries.columns]
-    if missing:
-        raise UserError(f"block_trace entries lack the field(s) {missing}.")
     grouped = entries.groupby([*GROUP, "block"], sort=True, dropna=False)
     table = grouped.agg(
         proposals=("proposals", "sum"), accepted=("accepted", "sum"), mean_logp=("logp", "mean")

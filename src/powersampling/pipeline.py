@@ -241,7 +241,8 @@ def collect_metrics(
     outputs: dict[str, str],
     log: Log = _no_log,
 ) -> pd.DataFrame:
-    """Write the accuracy, pass@k and acceptance tables (Parquet + CSV, and an HTML table)."""
+    """Write the accuracy, pass@k, acceptance and sampler-trace tables (Parquet + CSV) and
+    the accuracy table as HTML."""
     from powersampling import metrics
 
     graded = io.read_parquet(list(graded_paths))
@@ -255,6 +256,7 @@ def collect_metrics(
     io.write_table(accuracy, outputs["accuracy"])
     io.write_table(metrics.pass_at_k_table(graded), outputs["pass_at_k"])
     io.write_table(metrics.acceptance_by_block(graded), outputs["acceptance"])
+    io.write_table(metrics.sampler_trace_table(graded), outputs["sampler_trace"])
     io.write_text_atomic(outputs["accuracy_html"], accuracy_html(accuracy, level))
     log(f"metrics over {len(graded)} graded rows from {len(graded_paths)} shards")
     return accuracy

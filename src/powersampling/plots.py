@@ -260,6 +260,40 @@ def _lines(table, x, y, xlabel, ylabel, path, *, log_x=False) -> None:
     _save(fig, path)
 
 
+def plot_sampler_trace(trace_table: pd.DataFrame, path) -> None:
+    """Every sampler's per-stage diagnostics: the mean of each traced field against the stage,
+    one panel per (sampler, field), one line per (task, model, method).
+
+    Reads :func:`powersampling.metrics.sampler_trace_table`, so a new sampler's trace fields
+    appear here without any change to this function.
+    """
+    columns = ["task", "model", "method", "sampler", "stage", "field", "mean"]
+    _check_columns(trace_table, columns, "trace_table")
+    if trace_table.empty:
+        return _message_figure(path, "no sampler traces")
+    table = trace_table.assign(
+        panel=trace_table["sampler"].astype(str) + ": " + trace_table["field"].astype(str),
+        line=trace_table["task"].astype(str)
+        + " / "
+        + trace_table["model"].astype(str)
+        + " / "
+        + trace_table["method"].astype(str),
+    )
+    panels = list(dict.fromkeys(table.sort_values(["sampler", "field"])["panel"]))
+    colours = _palette(sorted(table["line"].unique()))
+    fig, axes = _panels(len(panels), sharey=False)
+    for ax, panel in zip(axes, panels, strict=True):
+        for line, sub in table[table["panel"] == panel].groupby("line", sort=True):
+            sub = sub.sort_values("stage")
+            ax.plot(sub["stage"], sub["mean"], "o-", markersize=3, color=colours[line], label=line)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(panel)
+        ax.set_xlabel("stage")
+        ax.set_ylabel("mean over answers")
+    _legend(fig, axes, "task / model / method")
+    _save(fig, path)
+
+
 # --------------------------------------------------------------------------------------
 # The registry of report figures
 
@@ -281,7 +315,7 @@ class FigureSpec:
 
 ACCURACY = "1. Accuracy"
 LIKELIHOOD_AND_COMPUTE = "2. Likelihood and compute"
-POWER_SAMPLING = "3. Power sampling"
+SAMPLER_DIAGNOSTICS = "3. Sampler diagnostics"
 
 FIGURES: dict[str, FigureSpec] = {
     spec.name: spec
@@ -291,8 +325,12 @@ FIGURES: dict[str, FigureSpec] = {
         FigureSpec("logp_by_method", plot_logp_by_method, "accuracy", LIKELIHOOD_AND_COMPUTE),
         FigureSpec("tokens_by_method", plot_tokens_by_method, "accuracy", LIKELIHOOD_AND_COMPUTE),
         FigureSpec(
-            "acceptance_by_block", plot_acceptance_by_block, "acceptance_by_block", POWER_SAMPLING
+            "acceptance_by_block",
+            plot_acceptance_by_block,
+            "acceptance_by_block",
+            SAMPLER_DIAGNOSTICS,
         ),
         FigureSpec("pass_at_k", plot_pass_at_k, "pass_at_k", ACCURACY),
+        FigureSpec("sampler_trace", plot_sampler_trace, "sampler_trace", SAMPLER_DIAGNOSTICS),
     ]
 }

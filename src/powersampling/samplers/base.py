@@ -59,11 +59,14 @@ class Sampler(ABC):
     """Draws one completion per prompt.
 
     Subclasses set ``name`` and ``PARAMS`` and implement :meth:`sample`; the validated
-    parameters, defaults filled in, are in ``self.params``.
+    parameters, defaults filled in, are in ``self.params``. A sampler that records
+    per-stage diagnostics documents the keys of its ``sampler_trace`` records in
+    ``TRACE_FIELDS`` (key → meaning).
     """
 
     name: ClassVar[str]
     PARAMS: ClassVar[dict[str, Param]] = {}
+    TRACE_FIELDS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, engine, **params):
         self.engine = engine
@@ -108,12 +111,14 @@ def completion_record(
     tokens_prefilled: int,
     acceptance_rate: float | None = None,
     proposals: int | None = None,
-    block_trace: list[dict] | None = None,
+    sampler_trace: list[dict[str, float]] | None = None,
 ) -> dict:
     """The per-completion fields of the generation schema.
 
     ``logp``, ``entropy`` and ``top1`` are per new token (EOS included), from the base model
     at T=1. An empty completion has NaN mean entropy, perplexity and self-confidence.
+    ``sampler_trace`` is the sampler's per-stage diagnostics: one record per stage, in
+    order, each a mapping from the keys in the sampler's ``TRACE_FIELDS`` to numbers.
     """
     n = len(tokens)
     logp_sum = float(logp.sum()) if n else 0.0
@@ -130,5 +135,5 @@ def completion_record(
         "tokens_prefilled": int(tokens_prefilled),
         "acceptance_rate": acceptance_rate,
         "proposals": proposals,
-        "block_trace": block_trace,
+        "sampler_trace": sampler_trace,
     }

@@ -140,7 +140,8 @@ def log_acceptance(
 class PowerSampler(Sampler):
     """Exact block-wise Metropolis–Hastings power sampling, batched over prompts.
 
-    For several chains per prompt, repeat the prompt.
+    For several chains per prompt, repeat the prompt. Its ``sampler_trace`` has one record
+    per block (:data:`TRACE_FIELDS`).
     """
 
     name = "power"
@@ -186,6 +187,14 @@ class PowerSampler(Sampler):
             default=True,
         ),
     }
+    TRACE_FIELDS = {
+        "block": "index of the block (0-based)",
+        "length": "answer length in tokens at the end of the block",
+        "proposals": "MH proposals made in the block",
+        "accepted": "MH proposals accepted in the block",
+        "logp": "log p of the chain's answer at the end of the block (base model, T=1)",
+    }
+
     def __init__(self, engine, **params):
         super().__init__(engine, **params)
         p = self.params
@@ -341,7 +350,7 @@ class PowerSampler(Sampler):
             tokens_prefilled=chain.prefilled,
             acceptance_rate=chain.accepted / chain.proposals if chain.proposals else None,
             proposals=chain.proposals,
-            block_trace=chain.trace,
+            sampler_trace=chain.trace,
         )
         rec["wall_time_s"] = chain.wall_time_s
         return rec
