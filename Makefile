@@ -3,6 +3,7 @@
 #   make demo    install, run the default toy-world DAG on CPU, render reports/report.html
 #   make test    install and run the test suite
 #   make lint    ruff, snakefmt and snakemake --lint
+#   make slurm-profile   let `snakemake --profile slurm` find profiles/slurm (see README)
 #
 # PyTorch: the pinned version below is a CPU build on the project's CI machines. For a CUDA
 # build, install torch into .venv first (see README, "GPU"), then run make as usual.
@@ -14,7 +15,10 @@ CORES ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo report test lint clean
+# Where Snakemake looks up a profile given by name (`--profile slurm`).
+PROFILE_HOME ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
+
+.PHONY: install demo report test lint clean slurm-profile
 
 install: $(STAMP)
 
@@ -41,6 +45,18 @@ lint: install
 	$(BIN)/ruff format --check src tests workflow benchmarks
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
+
+# `snakemake --profile slurm` looks for a profile *named* slurm in Snakemake's config
+# folders, not in profiles/. Link it there, to this project's copy, so edits stay in one
+# place; a different profile of that name is left alone.
+slurm-profile:
+	@mkdir -p "$(PROFILE_HOME)"
+	@if [ -e "$(PROFILE_HOME)/slurm" ] && \
+	    [ "$$(readlink -f "$(PROFILE_HOME)/slurm")" != "$$(readlink -f profiles/slurm)" ]; then \
+	  echo "$(PROFILE_HOME)/slurm exists and is not this project's profile;" \
+	    "move it away or use --profile profiles/slurm" >&2; exit 1; fi
+	@ln -sfn "$(CURDIR)/profiles/slurm" "$(PROFILE_HOME)/slurm"
+	@echo "snakemake --profile slurm now uses $(CURDIR)/profiles/slurm"
 
 clean:
 	rm -rf results logs .snakemake reports/report.html data/*.parquet

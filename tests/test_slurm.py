@@ -55,8 +55,9 @@ GPU_RULES = {"generate"}
 # --------------------------------------------------------------------------- helpers
 
 
-def make_profile(dest: Path) -> Path:
-    """The repository's profile with the user's edits and faster polling; returns its folder.
+def make_profile(dest: Path, folder: Path | None = None) -> Path:
+    """The repository's profile with the user's edits and faster polling, written to
+    ``folder`` (default ``dest/profile``); returns the folder.
 
     Only these keys differ from profiles/slurm/config.yaml:
     - default-resources slurm_partition / slurm_account: the placeholders a user edits;
@@ -68,22 +69,34 @@ def make_profile(dest: Path) -> Path:
     defaults["slurm_partition"] = PARTITION
     defaults["slurm_account"] = ACCOUNT
     profile["slurm-init-seconds-before-status-checks"] = 5
-    folder = dest / "profile"
+    folder = folder or dest / "profile"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return folder
 
 
-def snakemake_cmd(profile: Path, *args: str) -> list[str]:
+def install_named_profile(project: Path, config_home: Path) -> dict[str, str]:
+    """`make slurm-profile` in ``project`` (a copy with its Makefile and profiles/slurm),
+    with Snakemake's user config folder under ``config_home``; returns that environment."""
+    env = {**SLURM_ENV, "XDG_CONFIG_HOME": str(config_home)}
+    shutil.copy(ROOT / "Makefile", project / "Makefile")
+    done = subprocess.run(
+        ["make", "-s", "slurm-profile"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return env
+
+
+def snakemake_cmd(profile: Path | str, *args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", "--profile", str(profile), "--verbose", *args]
 
 
-def run_snakemake(workdir: Path, profile: Path, *args, timeout: int = 600):
+def run_snakemake(workdir: Path, profile: Path | str, *args, timeout: int = 600, env=None):
     """Run snakemake through the profile; returns (returncode, combined log text)."""
     result = subprocess.run(
         snakemake_cmd(profile, *map(str, args)),
         cwd=workdir,
-        env=SLURM_ENV,
+        env=env or SLURM_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -226,22 +239,28 @@ def real_run(cluster, tmp_path_factory):
     if not (ROOT / "Snakefile").exists():
         yield None
         return
+    # Run as users type it: `snakemake --profile slurm` after `make slurm-profile`, with the
+    # user's edits made in the project's own profiles/slurm (the fixture run below uses
+    # --profile with a path instead).
     workdir = copy_workflow(tmp_path_factory.mktemp("slurm-workflow"))
-    profile = make_profile(workdir)
+    make_profile(workdir, workdir / "profiles" / "slurm")
+    env = install_named_profile(workdir, tmp_path_factory.mktemp("config-home"))
+    profile = "slurm"
     config = workdir / "config" / "slurm.yaml"
     config.write_text(yaml.safe_dump(slim_config(), sort_keys=False))
     dry = subprocess.run(
         snakemake_cmd(profile, "-n", "--configfile", str(config)),
-        cwd=workdir, env=SLURM_ENV, capture_output=True, text=True, timeout=300,
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    assert "Using profile slurm" in dry.stdout + dry.stderr
     log_path = workdir / "slurm-run.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             snakemake_cmd(profile, "--configfile", str(config)),
-            cwd=workdir, env=SLURM_ENV, stdout=log, stderr=subprocess.STDOUT, text=True,
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-    yield {"workdir": workdir, "profile": profile, "config": config, "proc": proc,
+    yield {"workdir": workdir, "profile": profile, "config": config, "proc": proc, "env": env,
            "log": log_path, "plan": planned_jobs(dry.stdout + dry.stderr)}  # fmt: skip
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)  # SIGTERM would wait for the running jobs
@@ -294,6 +313,33 @@ def test_profile_names_only_existing_rules_and_marks_placeholders():
     assert not unknown, f"profile sets resources for rules the workflow lacks: {unknown}"
     gpu_rules = {r for r, res in profile["set-resources"].items() if res.get("gpu")}
     assert gpu_rules == GPU_RULES
+
+
+def test_make_slurm_profile_lets_snakemake_find_the_profile_by_name(tmp_path):
+    """`make slurm-profile` links profiles/slurm where `--profile slurm` is looked up; it is
+    idempotent, and it leaves a different profile of that name alone."""
+    project = copy_workflow(tmp_path / "project")
+    shutil.copytree(ROOT / "profiles", project / "profiles")
+    config_home = tmp_path / "config-home"
+    env = install_named_profile(project, config_home)
+    link = config_home / "snakemake" / "slurm"
+    assert link.is_symlink() and link.resolve() == (project / "profiles" / "slurm").resolve()
+    install_named_profile(project, config_home)  # again: still fine
+    dry = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "slurm", "-n"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    assert "Using profile slurm" in dry.stdout + dry.stderr
+
+    other_home = tmp_path / "other-home"
+    (other_home / "snakemake" / "slurm").mkdir(parents=True)
+    refused = subprocess.run(
+        ["make", "-s", "slurm-profile"], cwd=project, capture_output=True, text=True,
+        env={**env, "XDG_CONFIG_HOME": str(other_home)},
+    )  # fmt: skip
+    assert refused.returncode != 0 and "is not this project's profile" in refused.stderr
+    assert not (other_home / "snakemake" / "slurm").is_symlink()
 
 
 def test_gpu_rule_requests_a_gpu_and_cpu_rules_do_not(fixture_run):
@@ -433,7 +479,9 @@ def test_real_workflow_runs_every_remote_job_as_a_slurm_job(finished_real_run):
         assert ("gres/gpu=" in r["AllocTRES"]) == (r["rule"] in GPU_RULES), r
 
     # Nothing left to do.
-    rc, log = run_snakemake(run["workdir"], run["profile"], "-n", "--configfile", run["config"])
+    rc, log = run_snakemake(
+        run["workdir"], run["profile"], "-n", "--configfile", run["config"], env=run["env"]
+    )
     assert rc == 0 and "Nothing to be done" in log, log[-3000:]
 
 
@@ -448,7 +496,7 @@ def test_targeted_rerun_after_a_config_change_submits_only_affected_jobs(finishe
     untouched = "results/generations/arithmetic/toy/greedy/seed0/shard000.parquet"
     before = (workdir / untouched).stat().st_mtime_ns
 
-    rc, log = run_snakemake(workdir, profile, target, "--configfile", config_path)
+    rc, log = run_snakemake(workdir, profile, target, "--configfile", config_path, env=run["env"])
     assert rc == 0, log[-6000:]
     remote, local = planned_jobs(log)
     assert remote == Counter({"generate": 1, "grade": 1}) and not local
@@ -462,7 +510,7 @@ def test_targeted_rerun_after_a_config_change_submits_only_affected_jobs(finishe
     # The rest of the rerun: downstream tables and figures, never the unchanged shards.
     done = subprocess.run(
         snakemake_cmd(profile, "-n", "--configfile", str(config_path)),
-        cwd=workdir, env=SLURM_ENV, capture_output=True, text=True, timeout=300,
+        cwd=workdir, env=run["env"], capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
     remote, _ = planned_jobs(done.stdout + done.stderr)
