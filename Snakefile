@@ -2,6 +2,7 @@
 
 snakemake -c2                                    # the default toy world, on CPU
 snakemake -c2 --configfile config/paper.yaml     # another study
+snakemake -c2 --config seed=3                    # the default study with one value changed
 snakemake --report reports/report.html           # the HTML report
 """
 
@@ -10,9 +11,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The default study, unless a config is given with --configfile (which would otherwise
-# be merged into this one, mixing tasks and methods of two studies).
-if not config:
+# The default study, unless another is given with --configfile: that one replaces it
+# (merging would mix the tasks and methods of two studies). Values given with --config
+# (`--config seed=3`, `--config generation='{batch_size: 8}'`) override keys of whichever
+# config is in force; Snakemake applies them over the file, nested keys merged.
+if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
 

@@ -12,13 +12,17 @@ from powersampling.config import (
     task_seed,
     toy_settings,
     validate_config,
+    with_command_line_values,
 )
 from powersampling.errors import UserError
 from powersampling.seeding import derive_seed
 
 # A bad config stops here, before any job runs, with one line per problem.
 try:
-    config = validate_config(config, workflow.source_path("../config/schema.yaml"))
+    config = validate_config(
+        with_command_line_values(config, workflow.config_settings.config),
+        workflow.source_path("../config/schema.yaml"),
+    )
 except UserError as err:
     sys.exit(f"Error: {err}")
 

@@ -11,6 +11,7 @@ from powersampling.config import (
     planned_runs,
     shard_rows,
     validate_config,
+    with_command_line_values,
 )
 from powersampling.errors import UserError
 
@@ -106,3 +107,55 @@ def test_planning_counts_shards_without_reading_data():
     # greedy: 2 tasks x 1 seed; three temperatures and power: 2 tasks x 4 seeds each
     assert len(runs) == 2 + 4 * 2 * 4
     assert len(set(runs)) == len(runs)
+
+
+def test_command_line_values_are_typed_and_merged():
+    """Snakemake hands nested --config values over as strings; they are read as YAML."""
+    config = {"seed": 0, "generation": {"batch_size": 64, "progress": True}, "name": "x"}
+    values = {"seed": 3, "generation": {"batch_size": "8", "progress": "false"}, "name": "08"}
+    merged = with_command_line_values(config, values)
+    assert merged == {"seed": 3, "generation": {"batch_size": 8, "progress": False}, "name": "08"}
+    assert config["generation"]["batch_size"] == 64  # the input is left alone
+    assert with_command_line_values(config, {"generation": {"note": "a: b"}})["generation"] == {
+        "batch_size": 64,
+        "progress": True,
+        "note": "a: b",  # not a scalar in YAML: kept as given
+    }
+
+
+def test_a_budget_that_cannot_fit_the_toy_context_is_refused():
+    def mutate(c):
+        c["methods"]["greedy"]["max_new_tokens"] = 1_000_000_000
+
+    assert (
+        "methods.greedy.max_new_tokens: 1000000000 new tokens and a prompt cannot fit the "
+        "context of model 'toy' (256 tokens" in _error_for(mutate)
+    )
+
+    def wider(c):  # a toy model with a longer context takes the same budget
+        c["methods"]["greedy"]["max_new_tokens"] = 300
+        c["toy"]["model_shape"] = {"max_position_embeddings": 512}
+
+    config = default_config()
+    wider(config)
+    validate_config(config, SCHEMA)
+
+
+def test_a_budget_is_checked_against_a_local_models_config(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"text_config": {"max_position_embeddings": 64}}')
+    config = default_config()
+    config["models"]["local"] = {"source": str(model_dir)}
+    config["experiments"].append(
+        {"tasks": ["arithmetic"], "models": ["local"], "methods": ["greedy"]}
+    )
+    config["methods"]["greedy"]["max_new_tokens"] = 64
+    with pytest.raises(UserError, match="context of model 'local' \\(64 tokens"):
+        validate_config(config, SCHEMA)
+    config["methods"]["greedy"]["max_new_tokens"] = 63
+    validate_config(config, SCHEMA)
+    config["models"]["local"] = {"source": "org/model"}  # a hub id: checked by the job
+    config["methods"]["greedy"]["max_new_tokens"] = 10**9
+    config["experiments"] = config["experiments"][-1:]
+    validate_config(config, SCHEMA)

@@ -70,7 +70,9 @@ def test_greedy_shard_has_the_schema(model, tokenizer, tmp_path):
         assert len(ids) == n and text == tokenizer.decode(ids, skip_special_tokens=True)
         assert (reason == "eos") == (ids[-1] == EOS_ID)
     assert df["acceptance_rate"].isna().all() and df["sampler_trace"].isna().all()
-    assert (df["wall_time_s"] > 0).all()
+    # One decoding time for the whole shard, on every row; no chains here.
+    assert df["shard_decode_time_s"].nunique() == 1 and (df["shard_decode_time_s"] > 0).all()
+    assert df["chain_lifetime_s"].isna().all()
     assert len(lines) == 3  # one line per batch of 2
     path = tmp_path / "shard002.parquet"
     write_parquet(df, path, schema=GENERATION_SCHEMA)

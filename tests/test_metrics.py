@@ -48,6 +48,7 @@ def make_graded(n_problems=12, seeds=(0, 1, 2), models=("toy", "toy2"), seed=0) 
         for method, config in METHODS.items():
             power = config["sampler"] == "power"
             for s in seeds:
+                shard_times = rng.random(2) * 10  # two shards per seed
                 for p in range(n_problems):
                     n_new = int(rng.integers(5, 20))
                     rows.append(
@@ -58,6 +59,7 @@ def make_graded(n_problems=12, seeds=(0, 1, 2), models=("toy", "toy2"), seed=0) 
                             "method": method,
                             "sampler": config["sampler"],
                             "seed": s,
+                            "shard": 2 * p // n_problems,
                             "chain": 0,
                             "correct": bool(rng.random() < 0.5),
                             "compliant": bool(rng.random() < 0.8),
@@ -69,7 +71,8 @@ def make_graded(n_problems=12, seeds=(0, 1, 2), models=("toy", "toy2"), seed=0) 
                             ),
                             "tokens_decoded": 5 * n_new if power else None,
                             "tokens_prefilled": 100 if power else None,
-                            "wall_time_s": float(rng.random()),
+                            "shard_decode_time_s": float(shard_times[2 * p // n_problems]),
+                            "chain_lifetime_s": float(rng.random()) if power else math.nan,
                             "acceptance_rate": float(rng.random()) if power else None,
                             "sampler_trace": trace(rng) if power else None,
                         }
@@ -94,14 +97,19 @@ def test_accuracy_table_values_match_hand_computation():
         assert row.extraction_failure_rate == pytest.approx(rows.extracted.isna().mean())
         assert row.mean_new_tokens == pytest.approx(rows.n_new_tokens.mean())
         assert row.mean_logp == pytest.approx(rows.logp_sum.mean())
-        assert row.total_wall_time_s == pytest.approx(rows.wall_time_s.sum())
-        assert row.mean_wall_time_s == pytest.approx(rows.wall_time_s.mean())
+        # Each shard's decoding time counts once, whatever its number of rows.
+        shard_time = rows.groupby(["seed", "shard"]).shard_decode_time_s.first().sum()
+        assert rows.shard_decode_time_s.sum() > 5 * shard_time  # 6 rows per shard
+        assert row.decode_time_s == pytest.approx(shard_time)
+        assert row.time_per_answer_s == pytest.approx(shard_time / 36)
         if row.method == "power_a4":
             assert (row.sampler, row.alpha) == ("power", 4.0)
             assert row.mean_tokens_decoded == pytest.approx(5 * rows.n_new_tokens.mean())
             assert row.mean_acceptance_rate == pytest.approx(rows.acceptance_rate.mean())
+            assert row.mean_chain_lifetime_s == pytest.approx(rows.chain_lifetime_s.mean())
         else:
             assert math.isnan(row.alpha) and math.isnan(row.mean_acceptance_rate)
+            assert math.isnan(row.mean_chain_lifetime_s)
             # Samplers that do not record it decoded exactly their answer's tokens.
             assert row.mean_tokens_decoded == pytest.approx(rows.n_new_tokens.mean())
         expected_t = {"greedy": 0.0, "temp_0.7": 0.7, "power_a4": 0.25}[row.method]

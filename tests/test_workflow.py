@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from powersampling.io import GENERATION_SCHEMA, GRADED_SCHEMA
 from workflow_helpers import copy_workflow, load_test_config, snakemake, write_config
@@ -55,7 +58,8 @@ def test_every_shard_is_generated_and_graded(finished_run):
         assert (frame["n_new_tokens"] >= 1).all()
         assert frame["finish_reason"].isin(["eos", "length"]).all()
         assert frame["logp_sum"].le(0).all()
-        assert frame["wall_time_s"].gt(0).all()
+        assert frame["shard_decode_time_s"].gt(0).all()
+        assert frame["shard_decode_time_s"].nunique() == 1
     for path in shard_files(workdir, "graded"):
         assert pq.read_schema(path).equals(GRADED_SCHEMA, check_metadata=False)
 
@@ -72,6 +76,26 @@ def test_shards_partition_the_problems(finished_run):
         assert sorted(ids) == sorted(data["problem_id"])
 
 
+def test_outputs_get_the_mode_the_umask_gives(finished_run):
+    """Atomic writes go through private temporary files; what lands is group-readable
+    whenever the umask lets any new file be (the run inherits this process's umask)."""
+    workdir, _ = finished_run
+    umask = os.umask(0o022)
+    os.umask(umask)
+    outputs = [
+        workdir / "data/arithmetic.parquet",
+        *shard_files(workdir, "generations"),
+        *shard_files(workdir, "graded"),
+        *(workdir / "results/tables").iterdir(),
+        *(workdir / "results/plots").iterdir(),
+        workdir / "results/config.yaml",
+    ]
+    for path in outputs:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    model = workdir / "results/models/toy"
+    assert stat.S_IMODE(model.stat().st_mode) == 0o777 & ~umask
+
+
 def test_toy_model_is_a_hugging_face_model_dir(finished_run):
     workdir, _ = finished_run
     model_dir = workdir / "results/models/toy"
@@ -86,6 +110,11 @@ def test_accuracy_table_has_a_row_per_method_with_cis(finished_run):
     assert sorted(table["method"]) == ["greedy", "power_2", "temp_0.5", "temp_1.0"]
     assert (table["ci_low"] <= table["accuracy"]).all()
     assert (table["accuracy"] <= table["ci_high"]).all()
+    # Time per answer is the shards' decoding time over their answers, for every sampler.
+    assert (table["time_per_answer_s"] * table["n_samples"]).round(9).equals(
+        table["decode_time_s"].round(9)
+    )
+    assert table["time_per_answer_s"].gt(0).all()
     graded = pd.concat(pd.read_parquet(p) for p in shard_files(workdir, "graded"))
     by_method = graded.groupby("method")["correct"].mean()
     for _, row in table.iterrows():
@@ -152,16 +181,60 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert not (workdir / "results").exists() and not (workdir / "data").exists()
 
 
-def test_prompt_longer_than_context_fails_cleanly(finished_run, tmp_path):
-    workdir, _ = copy_of(finished_run, tmp_path / "too_long")
+def test_config_values_override_the_default_config(tmp_path):
+    """`--config key=value` changes keys of config/config.yaml (nested ones merged)."""
+    workdir = copy_workflow(tmp_path / "override")
+    snakemake(workdir, "results/config.yaml", "--config", "seed=3", "generation={batch_size: 8}")
+    snapshot = yaml.safe_load((workdir / "results/config.yaml").read_text())
+    default = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    assert snapshot["seed"] == 3
+    assert snapshot["generation"] == {"batch_size": 8, "progress": True}  # progress: default
+    assert snapshot["methods"] == default["methods"] and snapshot["tasks"].keys() == {
+        *default["tasks"]
+    }
+
+
+def test_config_values_override_a_configfile(tmp_path):
+    """`--configfile` replaces the default config; `--config` then overrides its keys."""
+    workdir = copy_workflow(tmp_path / "override_file")
+    path = write_config(workdir, load_test_config())
+    snakemake(
+        workdir, "results/config.yaml", "--configfile", str(path), "--config", "seed=5",
+        "toy={train: {steps: 7}}",
+    )  # fmt: skip
+    snapshot = yaml.safe_load((workdir / "results/config.yaml").read_text())
+    assert snapshot["seed"] == 5
+    assert snapshot["toy"]["train"] == {**load_test_config()["toy"]["train"], "steps": 7}
+    assert snapshot["methods"] == load_test_config()["methods"]
+
+
+def test_a_budget_no_prompt_fits_is_refused_before_any_job(tmp_path):
+    """The toy model's context is known from the config: 100,000 new tokens cannot fit."""
+    workdir = copy_workflow(tmp_path / "huge")
     config = load_test_config()
     config["methods"]["greedy"]["max_new_tokens"] = 100_000
+    result = snakemake(workdir, "--configfile", str(write_config(workdir, config)), check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "methods.greedy.max_new_tokens: 100000 new tokens" in output
+    assert "context of model 'toy' (256 tokens" in output and "Traceback" not in output
+    assert not (workdir / "results").exists() and not (workdir / "data").exists()
+
+
+def test_prompt_longer_than_context_fails_cleanly(finished_run, tmp_path):
+    """A budget that fits the context alone but not with the prompts passes validation;
+    the generation job refuses it before loading the weights and leaves no output."""
+    workdir, _ = copy_of(finished_run, tmp_path / "too_long")
+    config = load_test_config()
+    config["methods"]["greedy"]["max_new_tokens"] = 250  # + any real prompt > 256
     path = write_config(workdir, config, name="too_long.yaml")
     target = GENERATIONS.format(method="greedy", seed=0, shard=0)
     (workdir / target).unlink()
     result = snakemake(workdir, target, "--configfile", str(path), check=False)
     assert result.returncode != 0
-    assert re.search(r"context|max_position_embeddings|too long", result.stdout + result.stderr)
+    log = (workdir / "logs/generate/arithmetic/toy/greedy/seed0/shard000.log").read_text()
+    assert re.search(r"prompt of \d+ tokens \+ max_new_tokens 250 exceeds toy's context", log)
+    assert "loading model" not in log  # refused before the weights were read
     assert not (workdir / target).exists()
 
 
@@ -176,8 +249,11 @@ def test_power_sampling_rows_carry_their_mcmc_record(finished_run):
     assert (power["proposals"] >= 2).all()  # at least mcmc_steps per block
     assert (power["tokens_decoded"] >= power["n_new_tokens"]).all()
     assert power["sampler_trace"].map(len).ge(1).all()
+    # A chain's lifetime runs within its shard's decoding time (chains overlap).
+    assert power["chain_lifetime_s"].between(0, power["shard_decode_time_s"]).all()
     greedy = pd.read_parquet(workdir / GENERATIONS.format(method="greedy", seed=0, shard=0))
     assert greedy["acceptance_rate"].isna().all() and greedy["sampler_trace"].isna().all()
+    assert greedy["chain_lifetime_s"].isna().all()
     acceptance = pd.read_parquet(workdir / "results/tables/acceptance_by_block.parquet")
     assert set(acceptance["method"]) == {"power_2"}
 

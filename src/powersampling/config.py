@@ -9,6 +9,7 @@ which runs exist) is also here, so the Snakefile and the tests share one definit
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -19,11 +20,12 @@ import jsonschema
 import yaml
 
 from powersampling.errors import UserError
-from powersampling.samplers import method_schema
+from powersampling.samplers import method_params, method_schema
 from powersampling.samplers.base import StrictValidator
 from powersampling.seeding import derive_seed
 from powersampling.sources import is_local_path
 from powersampling.tasks import get_task
+from powersampling.toy.shape import toy_context_length
 
 TOY_SOURCE = "toy"
 
@@ -79,6 +81,7 @@ def validate_config(config: dict[str, Any], schema: dict | str | os.PathLike) ->
     # Conditional (if/then) branches report the same unknown key more than once.
     messages = list(dict.fromkeys(_describe(e) for e in errors))
     messages += [] if messages else _check_references(config)
+    messages += [] if messages else _check_budgets(config)
     if messages:
         raise UserError("invalid config:\n  " + "\n  ".join(messages))
     return config
@@ -110,6 +113,83 @@ def _check_references(config: dict[str, Any]) -> list[str]:
         if source and is_local_path(source) and not Path(source).expanduser().exists():
             problems.append(f"tasks.{name}.source: no file at {source}")
     return problems
+
+
+def model_context(config: dict[str, Any], model: str) -> int | None:
+    """The context length of ``model`` when it is known without loading it: the toy
+    model's from its shape, a local model's from its ``config.json``; else None (hub ids)."""
+    source = config["models"][model]["source"]
+    if source == TOY_SOURCE:
+        return toy_context_length(toy_settings(config, model))
+    if not is_local_path(source):
+        return None
+    try:
+        model_config = json.loads((Path(source).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    # Multimodal configs keep the language model's settings under text_config.
+    for section in (model_config, model_config.get("text_config") or {}):
+        if isinstance(section.get("max_position_embeddings"), int):
+            return section["max_position_embeddings"]
+    return None
+
+
+def _check_budgets(config: dict[str, Any]) -> list[str]:
+    """Methods whose token budget cannot fit a model's context with even a one-token prompt.
+
+    Where the context is known before any job (toy and local models). Prompt lengths are
+    checked per problem by the generation job itself, before it loads the weights.
+    """
+    problems = []
+    for i, experiment in enumerate(config["experiments"]):
+        for model in experiment["models"]:
+            context = model_context(config, model)
+            if context is None:
+                continue
+            for method in experiment["methods"]:
+                budget = method_params(config["methods"][method])["max_new_tokens"]
+                if budget + 1 > context:
+                    problems.append(
+                        f"methods.{method}.max_new_tokens: {budget} new tokens and a prompt "
+                        f"cannot fit the context of model {model!r} ({context} tokens; "
+                        f"experiments.{i})"
+                    )
+    return list(dict.fromkeys(problems))
+
+
+def with_command_line_values(config: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the ``--config`` ``values`` merged over it, their nested scalars typed.
+
+    Snakemake merges ``--config`` values over the config itself, but it reads a nested value
+    (``--config generation='{batch_size: 8}'``) with YAML's base loader, which keeps every
+    scalar a string. Here each such string is read as YAML reads it in a config file
+    (``8`` → 8, ``true`` → True, ``null`` → None, ``0.5`` → 0.5); other strings stay.
+    """
+    merged = copy.deepcopy(dict(config))
+    _merge(merged, _typed(dict(values)))
+    return merged
+
+
+def _typed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_typed(item) for item in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+    return value
+
+
+def _merge(config: dict[str, Any], values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge(config[key], value)
+        else:
+            config[key] = value
 
 
 def load_config(path: str | os.PathLike, schema: str | os.PathLike) -> dict[str, Any]:

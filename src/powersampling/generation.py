@@ -58,6 +58,10 @@ def generate_shard(
     turn. The same arguments give the same completions on CPU; changing ``batch_size`` changes
     which draws each problem gets (the stream is shared by the batch).
 
+    Time: every row carries ``shard_decode_time_s``, the wall time spent in the sampler for
+    the whole shard, so time per answer (shard time / answers) means the same for every
+    sampler; a sampler that runs chains records each chain's ``chain_lifetime_s`` too.
+
     ``log`` is a ``logging.Logger`` or any callable taking a string (one line per batch).
     """
     if len(problems) == 0:
@@ -66,31 +70,26 @@ def generate_shard(
         raise UserError(f"batch_size must be >= 1 (got {batch_size})")
     sampler_name = method.get("sampler") if isinstance(method, dict) else None
 
-    rows = problems.to_dict("records")
-    prompts = [task.prompt(row, tokenizer, chat_template) for row in rows]
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    rows, prompts, prompt_ids = shard_prompts(task, problems, tokenizer, chat_template)
 
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
     engine = DecodingEngine(model, eos_token_ids=eos, pad_token_id=pad)
     sampler = get_sampler(method, engine)  # validates the method's parameters
-
-    # Check every prompt before any work, so a bad problem fails fast and by name.
-    context = engine.max_positions
-    budget = sampler.params["max_new_tokens"]
-    for row, ids in zip(rows, prompt_ids, strict=True):
-        if not ids:
-            raise UserError(f"problem {row['problem_id']} of task {task_name}: the prompt is empty")
-        if context is not None and len(ids) + budget > context:
-            raise UserError(
-                f"problem {row['problem_id']} of task {task_name}: prompt of {len(ids)} tokens + "
-                f"max_new_tokens {budget} exceeds {model_name}'s context of {context} tokens"
-            )
+    check_prompts_fit(
+        rows,
+        prompt_ids,
+        sampler.params["max_new_tokens"],
+        engine.max_positions,
+        task_name=task_name,
+        model_name=model_name,
+    )
 
     generator = torch_generator(
         derive_seed(seed, task_name, model_name, method_name, shard), device=engine.device
     )
     records: list[dict] = []
+    decode_time_s = 0.0  # the shard's, over all batches: rows of a batch share their time
     desc = f"{task_name}/{model_name}/{method_name} shard {shard}"
     with tqdm(total=len(rows), desc=desc, file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(rows), batch_size):
@@ -98,11 +97,7 @@ def generate_shard(
             t0 = time.perf_counter()
             results = sampler.sample(batch, generator)
             elapsed = time.perf_counter() - t0
-            # Rows of a batch run together: unless the sampler timed each row itself (power
-            # sampling times each chain), the batch's wall time is split evenly over them.
-            for res in results:
-                if res.get("wall_time_s") is None:
-                    res["wall_time_s"] = elapsed / len(batch)
+            decode_time_s += elapsed
             records.extend(results)
             bar.update(len(batch))
             done = start + len(batch)
@@ -124,7 +119,43 @@ def generate_shard(
         tokenizer.decode(ids, skip_special_tokens=True) for ids in frame["completion_ids"]
     ]
     frame["n_prompt_tokens"] = [len(ids) for ids in prompt_ids]
+    frame["shard_decode_time_s"] = decode_time_s
+    if "chain_lifetime_s" not in frame:  # only samplers that run chains record it
+        frame["chain_lifetime_s"] = float("nan")
     return _with_schema_dtypes(frame)
+
+
+def shard_prompts(
+    task, problems: pd.DataFrame, tokenizer, chat_template: bool = False
+) -> tuple[list[dict], list[str], list[list[int]]]:
+    """The shard's rows, their prompts, and the prompts' token ids (no special tokens added:
+    a chat template already contains its own)."""
+    rows = problems.to_dict("records")
+    prompts = [task.prompt(row, tokenizer, chat_template) for row in rows]
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    return rows, prompts, prompt_ids
+
+
+def check_prompts_fit(
+    rows: list[dict],
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    context: int | None,
+    *,
+    task_name: str,
+    model_name: str,
+) -> None:
+    """Every prompt is non-empty and leaves room for ``max_new_tokens`` in the context
+    (``None``: unknown, not checked); else a UserError naming the first problem that fails."""
+    for row, ids in zip(rows, prompt_ids, strict=True):
+        if not ids:
+            raise UserError(f"problem {row['problem_id']} of task {task_name}: the prompt is empty")
+        if context is not None and len(ids) + max_new_tokens > context:
+            raise UserError(
+                f"problem {row['problem_id']} of task {task_name}: prompt of {len(ids)} tokens + "
+                f"max_new_tokens {max_new_tokens} exceeds {model_name}'s context of {context} "
+                "tokens"
+            )
 
 
 def _with_schema_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
@@ -136,7 +167,8 @@ def _with_schema_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
         frame[name] = frame[name].astype("int32")
     for name in ["logp_sum", "mean_entropy", "perplexity", "self_confidence", "temperature"]:
         frame[name] = frame[name].astype("float64")
-    frame["wall_time_s"] = frame["wall_time_s"].astype("float64")
+    for name in ["shard_decode_time_s", "chain_lifetime_s"]:
+        frame[name] = frame[name].astype("float64")
     # Power-sampling columns: nullable for samplers that leave them empty.
     frame["acceptance_rate"] = pd.array(frame["acceptance_rate"], dtype="Float64")
     frame["proposals"] = pd.array(frame["proposals"], dtype="Int32")

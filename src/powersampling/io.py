@@ -8,7 +8,9 @@ a rerun would trust. Schemas pin dtypes so that shards concatenate without surpr
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,7 +50,13 @@ GENERATION_SCHEMA = pa.schema(
         ("proposals", pa.int32()),
         ("tokens_decoded", pa.int64()),
         ("tokens_prefilled", pa.int64()),
-        ("wall_time_s", pa.float64()),
+        # Wall time the job spent decoding the whole shard (model load excluded), the same
+        # on every row of the shard: time per answer = shard time / answers, for every
+        # sampler alike.
+        ("shard_decode_time_s", pa.float64()),
+        # Power sampling: from the start of its batch until this row's chain finished.
+        # Chains run concurrently, so these overlap and do not add up to a cost.
+        ("chain_lifetime_s", pa.float64()),
         ("sampler_trace", SAMPLER_TRACE_TYPE),
     ]
 )
@@ -65,6 +73,33 @@ for _field in [
     GRADED_SCHEMA = GRADED_SCHEMA.append(_field)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open()`` (0o666) or ``mkdir()`` (0o777) would give under the umask.
+
+    The temporary files and folders of an atomic write are private (0600, 0700) while they
+    are written; they get this mode before they are renamed into place, so results are
+    as readable to the user's group as any other file they make.
+    """
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
@@ -74,9 +109,35 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield a temporary folder next to ``path``; it replaces ``path`` only on success.
+
+    An existing ``path`` is moved aside first (a folder cannot be renamed onto a non-empty
+    one) and removed once the new one is in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, default_mode(directory=True))
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -35,8 +35,9 @@ ACCURACY_COLUMNS = [
     "mean_new_tokens",
     "mean_logp",
     "mean_tokens_decoded",
-    "total_wall_time_s",
-    "mean_wall_time_s",
+    "decode_time_s",
+    "time_per_answer_s",
+    "mean_chain_lifetime_s",
     "mean_acceptance_rate",
 ]
 PASS_AT_K_COLUMNS = [*GROUP, "k", "pass_at_k"]
@@ -97,6 +98,18 @@ def _method_fields(method: str, rows: pd.DataFrame, config: Mapping | None) -> d
     }
 
 
+def _shard_decode_time(rows: pd.DataFrame) -> float:
+    """Decoding wall time of the shards the rows come from, each shard counted once
+    (NaN when the rows do not record it)."""
+    if "shard_decode_time_s" not in rows.columns:
+        return math.nan
+    shard_keys = [c for c in ["seed", "shard"] if c in rows.columns]
+    times = rows["shard_decode_time_s"]
+    per_shard = times.groupby([rows[c] for c in shard_keys]).first() if shard_keys else times[:1]
+    per_shard = pd.to_numeric(per_shard, errors="coerce").dropna()
+    return float(per_shard.sum()) if len(per_shard) else math.nan
+
+
 def accuracy_table(
     graded: pd.DataFrame,
     methods: Mapping[str, Mapping] | None = None,
@@ -114,8 +127,12 @@ def accuracy_table(
     ``correct`` counts as wrong; ``compliance_rate`` is over rows where compliance is
     known. ``mean_tokens_decoded`` is the compute spent per sample including MCMC
     proposals; rows that do not record it (greedy, temperature) spent ``n_new_tokens``.
-    Each group's bootstrap seed is ``derive_seed(seed, task, model, method)``, so a
-    group's interval does not depend on which other groups are in the table.
+    ``decode_time_s`` adds up the decoding wall time of the group's shards (each counted
+    once) and ``time_per_answer_s`` divides it by the answers, the same way for every
+    sampler; ``mean_chain_lifetime_s`` is the mean elapsed time of power-sampling chains,
+    which overlap in a batch and so are no per-answer cost. Each group's bootstrap seed is
+    ``derive_seed(seed, task, model, method)``, so a group's interval does not depend on
+    which other groups are in the table.
     """
     _check_graded(graded, [*GROUP, "problem_id", "correct"])
     methods = methods or {}
@@ -132,7 +149,7 @@ def accuracy_table(
         compliant = rows["compliant"] if "compliant" in rows.columns else pd.Series(dtype=object)
         extracted = rows["extracted"] if "extracted" in rows.columns else None
         new_tokens = _column(rows, "n_new_tokens")
-        wall = _column(rows, "wall_time_s")
+        decode_time = _shard_decode_time(rows)
         out.append(
             {
                 "task": task,
@@ -152,8 +169,9 @@ def accuracy_table(
                 "mean_new_tokens": _mean(new_tokens),
                 "mean_logp": _mean(_column(rows, "logp_sum")),
                 "mean_tokens_decoded": _mean(_column(rows, "tokens_decoded").fillna(new_tokens)),
-                "total_wall_time_s": float(wall.sum()) if wall.notna().any() else math.nan,
-                "mean_wall_time_s": _mean(wall),
+                "decode_time_s": decode_time,
+                "time_per_answer_s": decode_time / len(rows),
+                "mean_chain_lifetime_s": _mean(_column(rows, "chain_lifetime_s")),
                 "mean_acceptance_rate": _mean(_column(rows, "acceptance_rate")),
             }
         )

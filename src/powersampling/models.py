@@ -7,10 +7,11 @@ world runs on a real model unchanged.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from powersampling.errors import UserError
 from powersampling.sources import is_local_path
@@ -49,39 +50,77 @@ def load_model(
     if dtype != "auto" and dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not one of {['auto', *DTYPES]}")
     torch_device = resolve_device(device)
-    if is_local_path(source):
-        path = Path(source).expanduser()
-        if not path.is_dir():
-            raise UserError(f"model folder {source!r} does not exist")
-        source = str(path)
+    source = _local_or_hub(source)
     if dtype == "auto":
         torch_dtype = "auto" if torch_device.type != "cpu" else torch.float32
     else:
         torch_dtype = DTYPES[dtype]
 
-    kwargs = {"revision": revision}
-    if local_files_only is not None:
-        kwargs["local_files_only"] = local_files_only
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
-    except (OSError, ValueError) as err:
-        # transformers reports "not a valid model identifier", "couldn't connect", missing
-        # files (OSError) or an unusable folder (ValueError); one sentence naming the model
-        # is what the user needs.
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load model {source!r}: {first_line}") from err
-
+    tokenizer = load_tokenizer(source, revision=revision, local_files_only=local_files_only)
+    with _loading(source):
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, **_hub_kwargs(revision, local_files_only)
+        )
     model.to(torch_device)
     model.eval()
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_tokenizer(source: str, *, revision: str | None = None, local_files_only=None):
+    """The tokenizer of ``source``, padding on the left with a pad token (EOS when the
+    tokenizer has none). Cheap: reads no weights."""
+    with _loading(source):
+        tokenizer = AutoTokenizer.from_pretrained(
+            _local_or_hub(source), **_hub_kwargs(revision, local_files_only)
+        )
     tokenizer.padding_side = "left"  # batched decoding appends on the right
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UserError(f"tokenizer of {source!r} has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return tokenizer
+
+
+def load_context_length(
+    source: str, *, revision: str | None = None, local_files_only=None
+) -> int | None:
+    """The model's context (``max_position_embeddings``) from its config alone, or None
+    when the config does not say. Cheap: reads no weights."""
+    with _loading(source):
+        config = AutoConfig.from_pretrained(
+            _local_or_hub(source), **_hub_kwargs(revision, local_files_only)
+        )
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
+
+
+def _local_or_hub(source: str) -> str:
+    if is_local_path(source):
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            raise UserError(f"model folder {source!r} does not exist")
+        return str(path)
+    return source
+
+
+def _hub_kwargs(revision: str | None, local_files_only: bool | None) -> dict:
+    kwargs = {"revision": revision}
+    if local_files_only is not None:
+        kwargs["local_files_only"] = local_files_only
+    return kwargs
+
+
+@contextmanager
+def _loading(source: str):
+    """transformers reports "not a valid model identifier", "couldn't connect", missing
+    files (OSError) or an unusable folder (ValueError); one sentence naming the model is
+    what the user needs."""
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot load model {source!r}: {first_line}") from err
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

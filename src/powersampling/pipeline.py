@@ -136,11 +136,16 @@ def generate(
     out_path,
     log: Log = _no_log,
 ) -> pd.DataFrame:
-    """Generate one shard: load the model once, decode all its problems in batches."""
+    """Generate one shard: load the model once, decode all its problems in batches.
+
+    Every prompt is checked to fit the model's context with the method's token budget
+    before the weights are loaded, from the tokenizer and the model's config alone.
+    """
     import torch
 
-    from powersampling.generation import generate_shard
-    from powersampling.models import load_model
+    from powersampling.generation import check_prompts_fit, generate_shard, shard_prompts
+    from powersampling.models import load_context_length, load_model, load_tokenizer
+    from powersampling.samplers import method_params
 
     torch.set_num_threads(threads)
     start, stop = rows
@@ -148,11 +153,23 @@ def generate(
     problems = task_obj.load().iloc[start:stop].reset_index(drop=True)
     if problems.empty:
         raise UserError(f"shard {shard} of task {task_name} has no problems (rows {start}-{stop})")
-    source = model_dir or model["source"]
+    source = str(model_dir or model["source"])
+    revision = model.get("revision")
+    tokenizer = load_tokenizer(source, revision=revision)
+    chat_template = model.get("chat_template", False)
+    shard_rows, _, prompt_ids = shard_prompts(task_obj, problems, tokenizer, chat_template)
+    check_prompts_fit(
+        shard_rows,
+        prompt_ids,
+        method_params(method)["max_new_tokens"],
+        load_context_length(source, revision=revision),
+        task_name=task_name,
+        model_name=model_name,
+    )
     log(f"loading model {model_name} from {source}")
     began = time.perf_counter()
     lm, tokenizer = load_model(
-        str(source), revision=model.get("revision"), dtype=model.get("dtype", "auto"), device=device
+        source, revision=revision, dtype=model.get("dtype", "auto"), device=device
     )
     log(f"model loaded on {lm.device} in {time.perf_counter() - began:.1f} s")
     frame = generate_shard(
@@ -167,7 +184,7 @@ def generate(
         seed=seed,
         shard=shard,
         batch_size=generation.get("batch_size", 32),
-        chat_template=model.get("chat_template", False),
+        chat_template=chat_template,
         progress=generation.get("progress", True),
         log=log,
     )
@@ -284,7 +301,7 @@ def accuracy_html(accuracy: pd.DataFrame, level: float) -> str:
             "mean_new_tokens",
             "mean_logp",
             "mean_tokens_decoded",
-            "total_wall_time_s",
+            "time_per_answer_s",
         ]
         if c in shown
     ]
@@ -314,21 +331,13 @@ def export_alpaca_eval(
 
 def judge_alpaca_eval(outputs_path, out_dir, *, judge: dict[str, Any], log: Log = _no_log):
     """Run alpaca_eval's judge into ``out_dir`` (built beside it, renamed when complete)."""
-    import shutil
-    import tempfile
-
     from powersampling.tasks.alpaca import run_alpaca_eval_judge
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with io.atomic_dir(out_dir) as work:
         leaderboard = run_alpaca_eval_judge(
             outputs_path, work, annotator=judge["annotator"], api_key_env=judge["api_key_env"]
         )
-        work.rename(out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log(f"judged {outputs_path}: {out_dir / leaderboard.name}")
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "Sampler",
     "completion_record",
     "get_sampler",
+    "method_params",
     "method_schema",
     "resolve_params",
     "sampler_class",
@@ -93,6 +94,12 @@ def method_schema() -> dict[str, Any]:
         "properties": {"sampler": {"enum": sampler_names()}},
         "allOf": branches,
     }
+
+
+def method_params(method: dict[str, Any]) -> dict[str, Any]:
+    """A method's parameters with its sampler's defaults filled in (no model needed)."""
+    cls = sampler_class(method["sampler"])
+    return resolve_params(cls.name, cls.PARAMS, {k: v for k, v in method.items() if k != "sampler"})
 
 
 def get_sampler(method: dict[str, Any], engine) -> Sampler:

@@ -102,7 +102,7 @@ class _Chain:
     decoded: int = 0
     prefilled: int = 0
     trace: list[dict] = field(default_factory=list)
-    wall_time_s: float = math.nan
+    lifetime_s: float = math.nan
 
     def replace_suffix(self, cut: int, tokens: list[int], stats: TokenStats, eos: bool) -> None:
         """Keep tokens [0, cut) and append ``tokens`` with their stats (float64 CPU, [n] each)."""
@@ -209,7 +209,7 @@ class PowerSampler(Sampler):
     def sample(self, prompts: list[list[int]], generator: torch.Generator) -> list[dict]:
         """One power-sampled completion per prompt (repeat a prompt for several chains).
 
-        ``wall_time_s`` of a row is the time from the start of the call until its chain
+        ``chain_lifetime_s`` of a row is the time from the start of the call until its chain
         finished (chains run together, so it is an elapsed time, not a private cost).
         """
         t0 = time.perf_counter()
@@ -296,7 +296,7 @@ class PowerSampler(Sampler):
             )
             last = chain.block == len(self.caps) - 1
             if last or (chain.eos and self.params["stop_at_eos"]):
-                chain.wall_time_s = time.perf_counter() - t0
+                chain.lifetime_s = time.perf_counter() - t0
                 chain.kv = None  # free the cache
                 return
             chain.block += 1
@@ -352,5 +352,5 @@ class PowerSampler(Sampler):
             proposals=chain.proposals,
             sampler_trace=chain.trace,
         )
-        rec["wall_time_s"] = chain.wall_time_s
+        rec["chain_lifetime_s"] = chain.lifetime_s
         return rec

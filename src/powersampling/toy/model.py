@@ -11,17 +11,8 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from powersampling.errors import UserError
+from powersampling.toy.shape import DEFAULT_MODEL_SHAPE
 from powersampling.toy.tokenizer import EOS_ID, PAD_ID
-
-# About 0.8M parameters: 4 blocks of width 128 with grouped-query attention.
-DEFAULT_MODEL_SHAPE = {
-    "hidden_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 384,
-    "max_position_embeddings": 256,
-}
 
 
 def toy_model_config(

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,9 +28,11 @@ import torch.nn.functional as F
 import transformers
 
 from powersampling.errors import UserError
+from powersampling.io import atomic_dir
 from powersampling.seeding import derive_seed, torch_generator
-from powersampling.toy.model import DEFAULT_MODEL_SHAPE, build_toy_model, toy_model_config
+from powersampling.toy.model import build_toy_model, toy_model_config
 from powersampling.toy.problems import DEFAULT_GENERATOR, format_prompt, generate_problems
+from powersampling.toy.shape import DEFAULT_MODEL_SHAPE
 from powersampling.toy.tokenizer import build_char_tokenizer
 
 DEFAULT_TRAIN: dict[str, Any] = {
@@ -227,19 +227,7 @@ def _batches(n: int, batch_size: int, seed: int):
 
 
 def _save_atomically(out_dir: Path, model, tokenizer, info: dict[str, Any]) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():  # a directory cannot be renamed onto a non-empty one
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

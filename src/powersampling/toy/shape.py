@@ -1,0 +1,25 @@
+"""The toy model's default shape, importable without loading any model code.
+
+Config validation reads the context length from here to refuse, before any job runs, a
+method whose token budget cannot fit the toy model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# About 0.8M parameters: 4 blocks of width 128 with grouped-query attention.
+DEFAULT_MODEL_SHAPE = {
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 384,
+    "max_position_embeddings": 256,
+}
+
+
+def toy_context_length(settings: dict[str, Any]) -> int:
+    """Context of the toy model trained with ``settings`` (its ``model_shape`` section)."""
+    shape = {**DEFAULT_MODEL_SHAPE, **(settings.get("model_shape") or {})}
+    return int(shape["max_position_embeddings"])
