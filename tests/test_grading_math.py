@@ -4,14 +4,19 @@ import threading
 
 import pytest
 
+import powersampling.grading.math as gm
 from powersampling.grading.math import (
     NO_BOX,
+    TOO_LARGE,
+    grade_extracted,
     grade_math,
     grade_math_both,
     grade_math_many,
     last_boxed,
     normalize_prm,
     prm_equal,
+    too_large_expr,
+    too_large_text,
 )
 
 # --------------------------------------------------------------------------- last_boxed
@@ -153,7 +158,8 @@ def test_missing_completions_are_extraction_failures(completion):
 
 
 def test_soft_timeout_in_main_thread():
-    grade, prm = grade_math_both(r"\boxed{9^{9^{9^{9}}}}", "7", timeout_s=0.5)
+    # guards=False: the guards would refuse this answer before the timer is needed.
+    grade, prm = grade_math_both(r"\boxed{9^{9^{9^{9}}}}", "7", timeout_s=0.5, guards=False)
     assert grade.error == "timeout" and not grade.correct and not prm
     assert grade.extracted == "9^{9^{9^{9}}}"
 
@@ -175,13 +181,21 @@ def test_grade_math_many_matches_in_process_grading_and_kills_stuck_items():
         r"\boxed{2, 1}",
     ]
     references = ["0.5", "7", "2", "4", "1, 2"]
-    # No timer inside the workers (timeout_s=None): only killing the worker at the hard
-    # limit can end the second item, and the items after it need a replacement worker.
-    # The call runs in a thread so that a broken hard limit fails here instead of hanging.
+    # No timer inside the workers (timeout_s=None) and no guards: only killing the worker at
+    # the hard limit can end the second item, and the items after it need a replacement
+    # worker. The call runs in a thread so that a broken hard limit fails here instead of
+    # hanging.
     out = {}
     thread = threading.Thread(
         target=lambda: out.update(
-            r=grade_math_many(completions, references, workers=2, timeout_s=None, hard_timeout_s=2)
+            r=grade_math_many(
+                completions,
+                references,
+                workers=2,
+                timeout_s=None,
+                hard_timeout_s=2,
+                guards=False,
+            )
         ),
         daemon=True,
     )
@@ -202,3 +216,138 @@ def test_grade_math_many_empty_and_length_mismatch():
     assert grade_math_many([], []) == []
     with pytest.raises(ValueError):
         grade_math_many(["a"], [])
+
+
+# --------------------------------------------------------------------------- guards
+
+PATHOLOGICAL = [
+    r"9^{9^{9^{9}}}",  # 9^(9^9) alone has 370 million digits
+    r"9^{9^{9}}",
+    r"99999999^{99999999}",
+    r"(10^{100})!",
+    r"\binom{10^{10}}{10^5}",
+    r"x^{9^{9^{9}}}",
+    r"\sin(10^{10^{10}})",
+    r"\frac{1}{9^{9^{9}}}",
+    r"(x+1)^{1000}",  # expanding a sum to a huge power
+    "(" * 30 + "1" + ")" * 30,  # the LaTeX parser slows steeply with nesting
+    "{" * 20 + "1" + "}" * 20,
+    "3" * 5000,  # too long
+]
+
+
+@pytest.fixture
+def no_expensive_steps(monkeypatch):
+    """Replace math-verify's comparison and sympy's simplify by spies that record calls."""
+    import math_verify
+    import sympy
+
+    calls = []
+    monkeypatch.setattr(math_verify, "verify", lambda *a, **k: calls.append("verify"))
+    monkeypatch.setattr(sympy, "simplify", lambda *a, **k: calls.append("simplify"))
+    return calls
+
+
+@pytest.mark.parametrize("answer", PATHOLOGICAL)
+def test_pathological_answers_are_refused_before_the_expensive_steps(answer, no_expensive_steps):
+    gm.warm_up()  # outside the spies' watch: warm-up compares two small answers
+    no_expensive_steps.clear()
+    grade, prm = grade_extracted(answer, "7", timeout_s=30)  # 30 s: a liveness bound only
+    assert not grade.correct and not prm
+    assert grade.error == TOO_LARGE  # refused by a guard, not by the timer ("timeout")
+    assert grade.compliant and grade.extracted == answer
+    assert not prm_equal(answer, "7")
+    assert no_expensive_steps == []  # neither math-verify's verify nor sympy.simplify ran
+
+
+@pytest.mark.parametrize("answer", PATHOLOGICAL[:9])
+def test_pathological_answer_identical_to_the_reference_still_matches(answer):
+    # math-verify settles identical parses by structure, before evaluating anything.
+    grade, prm = grade_extracted(answer, answer, timeout_s=30)
+    assert grade.correct and prm and grade.error is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [reference for pair in EQUIVALENT + NOT_EQUIVALENT for reference in pair]
+    + ["2^{10}", "2^{100}", "3^{200}", "(x+1)^{2}", "(x+1)^{10}", "10!", r"\binom{10}{3}"]
+    + ["x^{2015}", r"\frac{1}{2^{50}}", r"2^{2^{5}}", r"\sqrt{\sqrt{\sqrt{2}}}", "1" * 50],
+)
+def test_guards_pass_ordinary_answers(answer):
+    assert not too_large_text(answer)
+    for parsed in gm._mv_parse(answer):
+        assert not too_large_expr(parsed)
+    ok, parsed = gm._latex2sympy(normalize_prm(answer))
+    assert not ok or not too_large_expr(parsed)
+
+
+@pytest.mark.parametrize("reference, answer", EQUIVALENT + NOT_EQUIVALENT)
+def test_guards_leave_ordinary_verdicts_unchanged(reference, answer):
+    assert grade_extracted(answer, reference) == grade_extracted(answer, reference, guards=False)
+
+
+# --------------------------------------------------------------------------- dedupe
+
+ROWS = [  # (completion, reference), with many duplicate (answer, reference) pairs
+    (r"Work. \boxed{\frac{1}{2}}", "0.5"),
+    (r"Other work. \boxed{\frac{1}{2}}", "0.5"),  # same answer, different text
+    (r"\boxed{0.5}", "0.5"),
+    (r"\boxed{\frac{1}{2}}", r"\frac12"),  # same answer, another reference
+    (r"\boxed{9^{9^{9^{9}}}}", "7"),
+    (r"Again \boxed{9^{9^{9^{9}}}}", "7"),
+    (r"\boxed{9^{9^{9^{9}}}}", "9^{9^{9^{9}}}"),
+    ("no box", "7"),
+    ("no box either", "7"),
+    (r"\boxed{}", "7"),
+    (r"\boxed{1", "7"),  # never closed
+    (r"\boxed{2, 1}", "1, 2"),
+    (r"so \boxed{2, 1}.", "1, 2"),
+    (r"\boxed{3}", "4"),
+    (r"\boxed{3}", "3"),
+    (r"\boxed{3}", "3"),
+    (None, "3"),
+    (float("nan"), "3"),
+]
+
+
+def test_dedupe_gives_the_row_by_row_verdicts_grading_each_pair_once(monkeypatch):
+    completions = [c for c, _ in ROWS] * 3
+    references = [r for _, r in ROWS] * 3
+    expected = [grade_math_both(c, r) for c, r in zip(completions, references, strict=True)]
+
+    graded = []
+    real = gm.grade_extracted
+
+    def spy(extracted, reference, *args):
+        graded.append((extracted, reference))
+        return real(extracted, reference, *args)
+
+    monkeypatch.setattr(gm, "grade_extracted", spy)
+    got = grade_math_many(completions, references, workers=0)
+    assert got == expected
+    boxed = [(e, r) for e, r in graded if e]  # rows without a box are answered at once
+    distinct = {(last_boxed(str(c)), r) for c, r in ROWS if last_boxed(str(c))}
+    assert sorted(boxed) == sorted(distinct)  # every distinct pair exactly once
+    assert got[4][0].error == TOO_LARGE and got[6][0].correct
+
+
+def test_dedupe_in_workers_matches_row_by_row_grading():
+    completions = [c for c, _ in ROWS] * 2
+    references = [r for _, r in ROWS] * 2
+    expected = [grade_math_both(c, r) for c, r in zip(completions, references, strict=True)]
+    assert grade_math_many(completions, references, workers=2) == expected
+    assert grade_math_many(completions, references, workers=2, dedupe=False) == expected
+
+
+def test_workers_keep_to_one_reference_at_a_time():
+    jobs = [{"reference": r} for r in "aaabbcddde"]
+    queue = gm._Queue(jobs)
+    first, second = gm._Worker(None), gm._Worker(None)
+    taken = {"first": [], "second": []}
+    while queue:
+        for name, worker in (("first", first), ("second", second)):
+            if queue:
+                taken[name].append(jobs[queue.pop(worker)]["reference"])
+    assert sorted(taken["first"] + taken["second"]) == sorted("aaabbcddde")
+    # each reference's jobs go to one worker until none is left untouched ("d" is shared)
+    assert taken["first"][:3] == ["a", "a", "a"] and taken["second"][:2] == ["b", "b"]

@@ -23,7 +23,12 @@ MATH_PROMPT = (
 
 class Math500Task(Task):
     """Config: ``source``, ``limit``, ``shard_size``; grading ``timeout_s`` (default 5)
-    and ``workers`` (grading processes, default 2)."""
+    and ``workers`` (grading processes, default 2; 0 grades in the calling process).
+
+    Batches are graded by :func:`grade_math_many`: each distinct (extracted answer,
+    reference) pair once, the verdict given to every row that has it (seeds and methods
+    often agree), with pathological answers refused before the timers are needed.
+    """
 
     kind = "math500"
     full_size = 500
