@@ -147,8 +147,8 @@ def _check_budgets(config: dict[str, Any]) -> list[str]:
             if context is None:
                 continue
             for method in experiment["methods"]:
-                budget = method_params(config["methods"][method])["max_new_tokens"]
-                if budget + 1 > context:
+                budget = method_params(config["methods"][method]).get("max_new_tokens")
+                if budget is not None and budget + 1 > context:
                     problems.append(
                         f"methods.{method}.max_new_tokens: {budget} new tokens and a prompt "
                         f"cannot fit the context of model {model!r} ({context} tokens; "
