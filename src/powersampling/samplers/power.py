@@ -61,12 +61,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from powersampling.engine import Finished, RollingDecoder, TokenStats
 from powersampling.samplers.base import Param, Sampler, completion_record
+
+if TYPE_CHECKING:  # annotations only; see sample() for the runtime import
+    from powersampling.engine import Finished, RollingDecoder, TokenStats
 
 
 def block_caps(block_size: int, max_new_tokens: int) -> list[int]:
@@ -220,6 +223,10 @@ class PowerSampler(Sampler):
         longest = max(len(c.prompt) for c in chains) + self.caps[-1]
         engine.check_rows([c.prompt for c in chains], [self.caps[-1]] * len(chains), "new tokens")
         n = len(chains)
+        # Imported here, not at the top: config validation reads PARAMS from this module
+        # at every workflow start, and the engine pulls in transformers (seconds).
+        from powersampling.engine import RollingDecoder
+
         decoder = RollingDecoder(
             engine,
             slots=min(n, engine.max_batch_size or n),
