@@ -286,7 +286,13 @@ def plot_sampler_trace(trace_table: pd.DataFrame, path) -> None:
         for line, sub in table[table["panel"] == panel].groupby("line", sort=True):
             sub = sub.sort_values("stage")
             ax.plot(sub["stage"], sub["mean"], "o-", markersize=3, color=colours[line], label=line)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        stages = table.loc[table["panel"] == panel, "stage"]
+        first, last = int(stages.min()), int(stages.max())
+        ax.set_xlim(first - 0.5, last + 0.5)
+        if last - first < 12:  # a tick per stage (MaxNLocator puts fractions on short axes)
+            ax.set_xticks(range(first, last + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(panel)
         ax.set_xlabel("stage")
         ax.set_ylabel("mean over answers")
