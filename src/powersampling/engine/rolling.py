@@ -17,6 +17,11 @@ from powersampling.engine.tokens import TokenStats, check_generator, check_sampl
 from powersampling.errors import UserError
 
 
+def buffer_columns(max_len: int) -> int:
+    """Columns of a :class:`RollingDecoder`'s KV buffer for rows of at most ``max_len`` tokens."""
+    return 2 * max_len
+
+
 @dataclass
 class Finished:
     """A row of a :class:`RollingDecoder` that ended at the last step (EOS or its budget)."""
@@ -133,7 +138,7 @@ class RollingDecoder:
     # ------------------------------------------------------------------ state
 
     def _alloc(self, slots: int) -> None:
-        d, C = self.device, 2 * self.max_len
+        d, C = self.device, buffer_columns(self.max_len)
         shape = (self.n_layers, 2, slots, self.kv_heads, C, self.head_dim)
         self.cache = BufferCache(torch.zeros(shape, dtype=self.dtype, device=d))
         self.cache.lo = self.cache.hi = self.max_len  # room on the left for any joining row
