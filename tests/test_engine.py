@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from helpers_models import EOS_ID, PAD_ID, VOCAB_SIZE, full_logits, one_torch_th
 from scipy import stats
 
 from powersampling.engine import DecodingEngine, TokenStats, log_q, pick_tokens
+from powersampling.engine.batch import cache_argument
 from powersampling.errors import UserError
 
 # Prefixes of different lengths, so a batch of them needs left padding.
@@ -271,6 +274,29 @@ def test_context_length_is_checked_up_front(model):
     engine.extend([[3, 4], [5] * 60], [5, 4], greedy=True)  # per-row budgets that fit are fine
     with pytest.raises(UserError, match="row 0"):
         engine.score([[5] * 60], [[3] * 5])
+
+
+def test_cache_argument_follows_the_models_signature(model):
+    """transformers 5.24 takes the cache as ``cache``, 5.4-5.23 as ``past_key_values``: the
+    engine asks the model's own forward, so neither version sees a deprecated name."""
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, past_key_values=None, **kwargs):
+            pass
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, cache=None, **kwargs):
+            pass
+
+    class Neither(torch.nn.Module):
+        def forward(self, input_ids, **kwargs):
+            pass
+
+    assert cache_argument(Old()) == "past_key_values"
+    assert cache_argument(New()) == "cache"
+    with pytest.raises(UserError, match="neither 'cache' nor 'past_key_values'"):
+        cache_argument(Neither())
+    assert engine_for(model).cache_arg in inspect.signature(model.forward).parameters
 
 
 def test_pick_tokens_stats():

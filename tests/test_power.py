@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from powersampling.engine import DecodingEngine
+from powersampling.engine import DecodingEngine, RollingDecoder
 from powersampling.errors import UserError
 from powersampling.samplers import get_sampler
 from powersampling.samplers.power import PowerSampler, block_caps, log_acceptance
@@ -112,6 +112,7 @@ def test_records_are_consistent(engine):
         # chain); every proposal (extensions included) then feeds one known token.
         prompt_cost = len(prompt) - 1 if k < len(PROMPTS) else 0
         assert o["tokens_prefilled"] == prompt_cost + o["proposals"] + blocks
+        assert o["token_budget"] == 10
         assert o["chain_lifetime_s"] >= 0
 
 
@@ -179,3 +180,77 @@ def test_chains_queue_for_a_small_batch(engine):
     for o, lp in zip(a, logp, strict=True):
         assert o["logp_sum"] == pytest.approx(float(lp.sum()), abs=1e-4)
         assert o["proposals"] == 3 * len(o["sampler_trace"])
+
+
+def test_per_row_budgets_cap_each_chain(no_eos_engine, monkeypatch):
+    """Each chain grows in blocks up to its own budget; the rolling batch is sized for the
+    longest prompt + its own budget, not the longest prompt + max_new_tokens."""
+    max_lens = []
+    init = RollingDecoder.__init__
+
+    def spy(self, *args, **kwargs):
+        max_lens.append(kwargs["max_len"])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(RollingDecoder, "__init__", spy)
+    sampler = PowerSampler(no_eos_engine, alpha=4.0, block_size=4, max_new_tokens=10, mcmc_steps=2)
+    budgets = [3, 10, 5, 8]  # prompts of 3, 1, 4, 2 tokens
+    out = sampler.sample(PROMPTS, torch_generator(0), budgets=budgets)
+    assert max_lens == [max(len(p) + b for p, b in zip(PROMPTS, budgets, strict=True))] == [11]
+    for o, budget in zip(out, budgets, strict=True):
+        assert o["token_budget"] == budget and o["n_new_tokens"] == budget  # no EOS possible
+        assert [b["length"] for b in o["sampler_trace"]] == block_caps(4, budget)
+        assert o["proposals"] == 2 * len(block_caps(4, budget))
+    default = sampler.sample(PROMPTS, torch_generator(0))
+    assert [o["token_budget"] for o in default] == [10] * 4
+    with pytest.raises(UserError, match="token budget 11 is outside 1..10"):
+        sampler.sample(PROMPTS, torch_generator(0), budgets=[3, 11, 5, 8])
+
+
+def test_chains_store_only_their_answers_cache(engine, monkeypatch):
+    """A proposal's prefix is the prompt's cache (one tensor shared by the prompt's chains)
+    then the first ``cut`` columns of the chain's own answer cache; what a chain keeps after
+    an extension or an accepted proposal is its answer's cache (one column per answer
+    token), never a copy of the prompt's."""
+    adds, kept = [], {}
+    add, kv = RollingDecoder.add, RollingDecoder.kv
+
+    def spy_add(self, pieces, token, budget, tag):
+        adds.append((tag, list(pieces)))
+        add(self, pieces, token, budget, tag)
+
+    def spy_kv(self, row, skip=0):
+        out = kv(self, row, skip)
+        kept[row.tag] = (skip, out.shape[-2])
+        return out
+
+    monkeypatch.setattr(RollingDecoder, "add", spy_add)
+    monkeypatch.setattr(RollingDecoder, "kv", spy_kv)
+    sampler = PowerSampler(engine, alpha=2.0, block_size=4, max_new_tokens=8, mcmc_steps=3)
+    prompts = PROMPTS * 3  # three chains per prompt
+    out = sampler.sample(prompts, torch_generator(1))
+    first_piece = {}
+    for tag, pieces in adds:
+        prompt = prompts[tag]
+        assert pieces[0].shape[-2] == len(prompt) - 1
+        first_piece.setdefault(tuple(prompt), pieces[0].data_ptr())
+        assert pieces[0].data_ptr() == first_piece[tuple(prompt)]  # shared, never copied
+        assert len(pieces) <= 2
+    for j, o in enumerate(out):
+        # the chain's final state came from its last kept cache: one column per token
+        assert kept[j] == (len(prompts[j]) - 1, o["n_new_tokens"])
+
+
+def test_host_kv_store_gives_the_same_chains(engine):
+    """kv_store="host" only moves the stored caches (pinned host memory on CUDA); the
+    chains are the same."""
+    sampler = PowerSampler(engine, alpha=2.0, block_size=4, max_new_tokens=8, mcmc_steps=3)
+    assert sampler.kv_store == "device"
+    a = sampler.sample(PROMPTS * 2, torch_generator(3))
+    sampler.kv_store = "host"
+    b = sampler.sample(PROMPTS * 2, torch_generator(3))
+    key = ["completion_ids", "logp_sum", "acceptance_rate", "sampler_trace"]
+    assert [[o[k] for k in key] for o in a] == [[o[k] for k in key] for o in b]
+    sampler.kv_store = "nowhere"
+    with pytest.raises(UserError, match="kv_store must be one of"):
+        sampler.sample(PROMPTS, torch_generator(3))

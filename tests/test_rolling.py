@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers_models import EOS_ID, PAD_ID, one_torch_thread, tiny_model  # noqa: F401
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from powersampling.engine import DecodingEngine, RollingDecoder
+from powersampling.engine.rolling import buffer_columns
 from powersampling.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -74,16 +77,51 @@ def test_greedy_rows_joining_at_different_times_match_extend(model, slots):
     assert decoder.tokens_prefilled == sum(len(p) - 1 for p in prefixes)
 
 
+def test_buffer_columns_is_one_row_plus_a_spare():
+    assert buffer_columns(16) == 16 + 64  # the spare is at least 64 columns
+    assert buffer_columns(512) == 512 + 64
+    assert buffer_columns(4096) == 4096 + 512  # and at least max_len / 8
+    assert all(buffer_columns(m) < 2 * m for m in (600, 3072 + 512, 32768))
+
+
+class NewTensorSizes(TorchDispatchMode):
+    """Records the size (elements) of every tensor an operation creates (views and in-place
+    writes create none)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and not func._schema.is_mutable:
+            self.sizes += [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        return out
+
+
 def test_buffer_compaction_and_shrinking_keep_results(model):
-    """Many rows through one small buffer: live columns are moved back many times."""
+    """Many rows through one small buffer: live columns are moved back several times, one
+    layer at a time (no temporary larger than one layer of the buffer)."""
     engine = DecodingEngine(model, [], PAD_ID)
     decoder = RollingDecoder(engine, slots=2, max_len=16, greedy=True)
-    prefixes = [PREFIXES[k % 5][:5] for k in range(12)]
-    budgets = [3 + (5 * k) % 9 for k in range(12)]
+    assert decoder.cache.buf.shape[-2] == buffer_columns(16)
+    compact, largest = decoder._compact_columns, []
+
+    def watched(lo):
+        # One layer's keys and values over max_len columns, in the batch as it is now.
+        one_layer = decoder.cache.buf[0, ..., : decoder.max_len, :].numel()
+        with NewTensorSizes() as mode:
+            compact(lo)
+        largest.append(max(mode.sizes) / one_layer)
+
+    decoder._compact_columns = watched
+    prefixes = [PREFIXES[k % 5][:5] for k in range(40)]
+    budgets = [3 + (5 * k) % 9 for k in range(40)]
     done = run(decoder, [(p, b, k) for k, (p, b) in enumerate(zip(prefixes, budgets, strict=True))])
-    # The buffer has 2 x max_len columns and starts writing at max_len: compacted every 16 steps.
-    assert decoder.steps > 2 * 16
-    check_same_as_extend(engine, done, prefixes, budgets, list(range(12)))
+    # Writing starts at column max_len, so the buffer fills every 64 (the spare) steps.
+    assert decoder.steps > 2 * 64 and decoder.compactions == (decoder.steps - 1) // 64
+    assert largest and max(largest) <= 1  # the old whole-buffer copy: n_layers
+    check_same_as_extend(engine, done, prefixes, budgets, list(range(40)))
 
 
 def test_batch_shrinks_and_grows_back(model):
@@ -172,6 +210,82 @@ def test_same_seed_same_tokens_and_top_k_support(model):
         torch.testing.assert_close(r.stats.logq, lq, atol=1e-5, rtol=1e-5)
 
 
+def test_prefix_in_pieces_equals_one_cache(model):
+    """A prefix given as several pieces (written one after the other into the slot) decodes
+    like the same prefix given as one cache; ``kv(row, skip)`` drops the first ``skip``
+    columns of the row's cache."""
+    engine = DecodingEngine(model, [], PAD_ID)
+    decoder = RollingDecoder(engine, slots=3, max_len=30, greedy=True)
+    prefix = PREFIXES[3]  # 10 tokens: a cache of 9 columns, then the last token is fed
+    whole = decoder.prefill([prefix[:-1]])[0]
+    kvs = {}
+    seq = prefix + run(decoder, [(prefix, 6, "first")], kvs=kvs)["first"].tokens
+    reused = kvs["first"]  # every token of seq but the last: 15 columns
+    rows = {
+        "one": (whole, prefix),
+        "pieces": ([whole[:, :, :, :4], whole[:, :, :, 4:]], prefix),
+        "empties": ([decoder.empty_kv(), whole, decoder.empty_kv()], prefix),
+        "reused": ([reused[:, :, :, :4], reused[:, :, :, 4:9], reused[:, :, :, 9:12]], seq[:13]),
+    }
+    for tag, (kv, full) in rows.items():
+        decoder.add(kv, full[-1], 5, tag)
+    got = {}
+    while decoder.has_work:
+        for row in decoder.step():
+            got[row.tag] = row
+            own = decoder.kv(row, skip=9)
+            torch.testing.assert_close(own, decoder.kv(row)[:, :, :, 9:])
+            assert own.shape[-2] == len(rows[row.tag][1]) - 1 - 9 + len(row.tokens)
+    logp, _ = engine.score([full for _, full in rows.values()], [got[t].tokens for t in rows])
+    for tag, lp in zip(rows, logp, strict=True):
+        torch.testing.assert_close(got[tag].stats.logp, lp, atol=1e-5, rtol=1e-5)
+    assert got["pieces"].tokens == got["one"].tokens == got["empties"].tokens
+
+
+def test_host_kv_store_gives_the_same_rows(model):
+    """kv_store="host" keeps the caches the decoder hands out in host memory (pinned on
+    CUDA); on a CPU model both stores give the same results."""
+    engine = DecodingEngine(model, [EOS_ID], PAD_ID)
+    results = {}
+    for store in ["device", "host"]:
+        gen = torch.Generator().manual_seed(4)
+        decoder = RollingDecoder(
+            engine, slots=2, max_len=24, temperature=1.2, generator=gen, kv_store=store
+        )
+        kvs = {}
+        rows = [(p, b, i) for i, (p, b) in enumerate(zip(PREFIXES, BUDGETS, strict=True))]
+        results[store] = (run(decoder, rows, kvs=kvs), kvs)
+        assert all(kv.device.type == "cpu" for kv in kvs.values())
+    (dev, dev_kv), (host, host_kv) = results["device"], results["host"]
+    for i in range(5):
+        assert dev[i].tokens == host[i].tokens
+        assert torch.equal(dev[i].stats.logp, host[i].stats.logp)
+        assert torch.equal(dev_kv[i], host_kv[i])
+    with pytest.raises(UserError, match="kv_store must be one of"):
+        RollingDecoder(engine, slots=2, max_len=24, kv_store="disk")
+
+
+def test_seq_length_is_the_cached_prefix_of_an_unpadded_row(model):
+    """BufferCache.get_seq_length (read by models that derive positions from the cache, e.g.
+    OPT) is the number of cached tokens before the fed one, as for a DynamicCache."""
+    engine = DecodingEngine(model, [], PAD_ID)
+    decoder = RollingDecoder(engine, slots=1, max_len=90, greedy=True)
+    seen = []
+
+    def hook(module, args, kwargs):
+        cache = kwargs[engine.cache_arg]
+        if cache is decoder.cache:
+            seen.append((cache.get_seq_length(), int(kwargs["position_ids"][0, 0])))
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:  # 80 steps: across a compaction (at step 65) too
+        run(decoder, [(PREFIXES[0], 80, "a")])
+    finally:
+        handle.remove()
+    assert decoder.compactions == 1
+    assert len(seen) == 80 and all(n == pos for n, pos in seen)
+
+
 def test_bad_rows_are_user_errors(model):
     engine = DecodingEngine(model, [EOS_ID], PAD_ID)
     decoder = RollingDecoder(engine, slots=2, max_len=10)
@@ -182,5 +296,31 @@ def test_bad_rows_are_user_errors(model):
         decoder.add(kv, 6, 8, "a")
     with pytest.raises(UserError, match="vocabulary"):
         decoder.add(kv, 99, 2, "a")
+    with pytest.raises(UserError, match="does not fit this model"):
+        decoder.add([kv, kv[:, :1]], 6, 2, "a")  # keys only
     with pytest.raises(UserError, match="slots"):
         RollingDecoder(engine, slots=0, max_len=10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_host_kv_store_on_cuda_is_pinned_and_matches_device():
+    engine = DecodingEngine(tiny_model(seed=0).to("cuda"), [EOS_ID], PAD_ID)
+    rows = [(p, b, i) for i, (p, b) in enumerate(zip(PREFIXES, BUDGETS, strict=True))]
+    out = {}
+    for store in ["device", "host"]:
+        decoder = RollingDecoder(engine, slots=2, max_len=40, greedy=True, kv_store=store)
+        kvs = {}
+        first = run(decoder, rows, kvs=kvs)
+        for i in range(len(PREFIXES)):  # rejoin from the stored caches, cut in two pieces
+            decoder.add([kvs[i][:, :, :, :2], kvs[i][:, :, :, 2:]], first[i].tokens[-1], 5, i)
+        second = {}
+        while decoder.has_work:
+            second.update({row.tag: row for row in decoder.step()})
+        out[store] = (first, second, kvs)
+    (dev1, dev2, dev_kv), (host1, host2, host_kv) = out["device"], out["host"]
+    assert all(kv.is_cuda for kv in dev_kv.values())
+    assert all(kv.device.type == "cpu" and kv.is_pinned() for kv in host_kv.values())
+    for i in range(len(PREFIXES)):
+        assert dev1[i].tokens == host1[i].tokens and dev2[i].tokens == host2[i].tokens
+        torch.testing.assert_close(dev2[i].stats.logp, host2[i].stats.logp)
+        torch.testing.assert_close(dev_kv[i].cpu(), host_kv[i])

@@ -10,7 +10,7 @@ import torch
 from helpers_models import EOS_ID, PAD_ID, one_torch_thread, tiny_model  # noqa: F401
 
 from powersampling.config import validate_config
-from powersampling.engine import DecodingEngine
+from powersampling.engine import DecodingEngine, log_q
 from powersampling.errors import UserError
 from powersampling.io import GENERATION_SCHEMA
 from powersampling.samplers import (
@@ -169,6 +169,7 @@ def test_greedy_records_are_consistent_with_the_engine(engine):
         assert rec["temperature"] == 0.0
         assert rec["acceptance_rate"] is None and rec["proposals"] is None
         assert rec["sampler_trace"] is None
+        assert rec["token_budget"] == 10
 
 
 def test_temperature_sampler_is_seeded(engine):
@@ -186,11 +187,70 @@ def test_temperature_sampler_is_seeded(engine):
             assert r["n_new_tokens"] == 12
 
 
+@pytest.mark.parametrize("name", ["greedy", "temperature"])
+def test_per_row_budgets(engine, name):
+    """Each row gets its own budget (e.g. less room left in the model's context), and every
+    record says which budget it had."""
+    method = {"sampler": name, "max_new_tokens": 9} | ({"T": 1.0} if name == "temperature" else {})
+    sampler = get_sampler(method, engine)
+    budgets = [2, 9, 5]
+    records = sampler.sample(PROMPTS, torch.Generator().manual_seed(0), budgets=budgets)
+    ext = engine.extend(
+        PROMPTS, budgets, greedy=name == "greedy", generator=torch.Generator().manual_seed(0)
+    )
+    for rec, budget, tokens in zip(records, budgets, ext.tokens, strict=True):
+        assert rec["token_budget"] == budget and rec["completion_ids"] == tokens
+        assert rec["n_new_tokens"] <= budget
+        assert rec["finish_reason"] == "eos" or rec["n_new_tokens"] == budget
+    default = sampler.sample(PROMPTS, torch.Generator().manual_seed(0))
+    assert [r["token_budget"] for r in default] == [9, 9, 9]
+
+
+@pytest.mark.parametrize(
+    "budgets,message",
+    [
+        ([4, 4], "2 token budgets for 3 prompts"),
+        ([4, 0, 4], "row 1: token budget 0 is outside 1..9"),
+        ([4, 10, 4], "row 1: token budget 10 is outside 1..9"),
+        ([4, 4, 2.0], "row 2: the token budget must be an integer"),
+        ([True, 4, 4], "row 0: the token budget must be an integer"),
+    ],
+)
+def test_bad_budgets_are_user_errors(engine, budgets, message):
+    sampler = GreedySampler(engine, max_new_tokens=9)
+    with pytest.raises(UserError, match=message):
+        sampler.sample(PROMPTS, None, budgets=budgets)
+
+
+def test_temperature_top_k_restricts_the_support(engine):
+    """top_k: tokens outside the k most likely never appear, and the draws follow q on the
+    truncated distribution (the engine's extend with that top_k, same generator)."""
+    prompts = [[3, 4, 5]] * 400
+    logits = engine.model(input_ids=torch.tensor([prompts[0]])).logits[0, -1]
+    top3 = set(logits.topk(3).indices.tolist())
+    sampler = TemperatureSampler(engine, T=3.0, top_k=3, max_new_tokens=1)
+    records = sampler.sample(prompts, torch.Generator().manual_seed(0))
+    drawn = {r["completion_ids"][0] for r in records}
+    assert drawn == top3
+    ext = engine.extend(
+        prompts, 1, temperature=3.0, top_k=3, generator=torch.Generator().manual_seed(0)
+    )
+    assert [r["completion_ids"] for r in records] == ext.tokens
+    want = log_q(logits[None], 3.0, 3)[0].double()  # log q over the truncated distribution
+    for r, lq in zip(records, ext.logq, strict=True):
+        torch.testing.assert_close(lq, want[r["completion_ids"]], atol=1e-5, rtol=1e-5)
+    # without top_k the same temperature reaches beyond the top 3 (so the check has power)
+    full = TemperatureSampler(engine, T=3.0, max_new_tokens=1)
+    wide = {r["completion_ids"][0] for r in full.sample(prompts, torch.Generator().manual_seed(0))}
+    assert wide - top3
+
+
 def test_empty_completion_record_has_nan_means():
     empty = torch.zeros(0, dtype=torch.float64)
     rec = completion_record(
-        [], empty, empty, empty, "length", temperature=1.0, tokens_decoded=0, tokens_prefilled=3
-    )
+        [], empty, empty, empty, "length",
+        temperature=1.0, tokens_decoded=0, tokens_prefilled=3, token_budget=5,
+    )  # fmt: skip
     assert rec["n_new_tokens"] == 0 and rec["logp_sum"] == 0.0
     assert math.isnan(rec["perplexity"]) and math.isnan(rec["mean_entropy"])
 

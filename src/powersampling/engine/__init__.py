@@ -6,8 +6,9 @@ Every sampler in the package decodes through one of two engines on a Hugging Fac
   different lengths at once until EOS or each row's budget, and scores given continuations
   by teacher forcing.
 * :class:`RollingDecoder` (:mod:`.rolling`): continuous batching on the same model. Rows
-  join and leave one running decode batch at any step, each from a given KV cache of its
-  prefix; the power sampler runs its Markov chains through it.
+  join and leave one running decode batch at any step, each from given KV caches of its
+  prefix (one or several pieces, e.g. a prompt's shared cache then an answer's own); the
+  power sampler runs its Markov chains through it.
 
 Both choose tokens with :func:`pick_tokens` (:mod:`.tokens`) and record, per new token, the
 same :class:`TokenStats`: ``log p`` under the base model at T=1, ``log q`` under the

@@ -19,6 +19,7 @@ state it did not just propose.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +36,24 @@ from powersampling.engine.tokens import (
     row_budgets,
 )
 from powersampling.errors import UserError
+
+
+def cache_argument(model) -> str:
+    """The name under which ``model.forward`` takes the KV cache.
+
+    transformers 5.24 renamed the argument ``past_key_values`` to ``cache`` (the old name
+    still works there, with a deprecation warning, and will go); 5.4 to 5.23 know only
+    ``past_key_values``. The model's own signature says which one it has, whatever the
+    installed version, so both engines ask it once per model.
+    """
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise UserError(
+        f"{type(model).__name__}.forward takes neither 'cache' nor 'past_key_values': "
+        "the engines need a causal LM that accepts a KV cache"
+    )
 
 
 @dataclass
@@ -82,6 +101,7 @@ class DecodingEngine:
         self.pad_token_id = int(pad_token_id)
         self.max_batch_size = max_batch_size
         self.score_logits_budget = score_logits_budget
+        self.cache_arg = cache_argument(model)  # "cache" or "past_key_values"
         self.vocab_size = model.config.get_text_config().vocab_size
         # None when the config has no such field: then no up-front length check.
         self.max_positions = getattr(
@@ -138,11 +158,13 @@ class DecodingEngine:
             input_ids=ids,
             attention_mask=attn,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self.cache_arg: cache},
         )
-        return result.logits[:, -1, :], result.past_key_values
+        # The model fills ``cache`` in place; the output's copy of it is not read (its name,
+        # too, changed in 5.24).
+        return result.logits[:, -1, :], cache
 
     def left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids and attention mask, both [B, L] on the model's device.
@@ -246,10 +268,9 @@ class DecodingEngine:
                 input_ids=tok[:, None],
                 attention_mask=attn,
                 position_ids=next_pos[:, None],
-                past_key_values=cache,
                 use_cache=True,
+                **{self.cache_arg: cache},  # updated in place
             )
-            cache = result.past_key_values
             logits = result.logits[:, -1, :]
             next_pos = next_pos + 1
 

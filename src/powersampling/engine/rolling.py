@@ -1,13 +1,14 @@
 """Continuous batching: rows join and leave one running decode batch at any step.
 
 :class:`RollingDecoder` runs on the model of a :class:`~powersampling.engine.batch.DecodingEngine`.
-Each row starts from a given KV cache of its prefix (so a prefix is never re-encoded), and the
+Each row starts from given KV caches of its prefix (so a prefix is never re-encoded), and the
 cache of the whole batch is kept in one preallocated buffer written in place
 (:class:`BufferCache`). The power sampler runs its Markov chains through it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,10 +17,30 @@ from powersampling.engine.batch import DecodingEngine
 from powersampling.engine.tokens import TokenStats, check_generator, check_sampling, pick_tokens
 from powersampling.errors import UserError
 
+# Where :meth:`RollingDecoder.prefill` and :meth:`RollingDecoder.kv` put the caches they
+# return: on the model's device, or in host memory (pinned when the device is CUDA).
+KV_STORES = ("device", "host")
+
+
+def buffer_spare(max_len: int) -> int:
+    """Columns of a :class:`RollingDecoder`'s buffer beyond one row: max(64, max_len // 8).
+
+    The buffer is compacted (the live columns moved back) once every ``spare`` steps, and a
+    compaction copies at most ``max_len`` columns, so it costs at most about 8 columns per step
+    amortised: little next to a step's attention, which reads the whole live window.
+    """
+    return max(64, max_len // 8)
+
 
 def buffer_columns(max_len: int) -> int:
-    """Columns of a :class:`RollingDecoder`'s KV buffer for rows of at most ``max_len`` tokens."""
-    return 2 * max_len
+    """Columns of a :class:`RollingDecoder`'s KV buffer for rows of at most ``max_len`` tokens.
+
+    ``max_len + buffer_spare(max_len)``: one row's worth of columns plus a spare. Writing
+    starts at column ``max_len`` (room on the left for any joining row); when it reaches the
+    end, the live columns (at most ``max_len - 1``) are moved back so that writing resumes at
+    column ``max_len``.
+    """
+    return max_len + buffer_spare(max_len)
 
 
 @dataclass
@@ -42,9 +63,9 @@ class BufferCache:
     Writing in place avoids the copy of the whole cache that ``DynamicCache`` makes at every
     step (``torch.cat``), which dominates the cost of a step for small models.
 
-    Only ``update`` is implemented: the model always gets position ids and a ready mask, so
-    it asks the cache for nothing else (from transformers 5.4; earlier versions call
-    ``get_seq_length`` to build cache positions).
+    The model always gets position ids and a ready 4D mask, so it asks the cache for nothing
+    but ``update`` (transformers >= 5.4), except that some models (OPT) read
+    :meth:`get_seq_length` whatever they are given.
     """
 
     def __init__(self, buf: torch.Tensor):
@@ -59,30 +80,58 @@ class BufferCache:
         layer[1, :, :, self.hi] = value_states[:, :, 0]
         return layer[0, :, :, self.lo : self.hi + 1], layer[1, :, :, self.lo : self.hi + 1]
 
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Columns the batch sees before this step's token: the window ``lo..hi-1``.
+
+        Models use it only to derive position ids or mask sizes when not given them; the
+        decoder gives both, so the value never changes a result, but it is the true one.
+        """
+        return self.hi - self.lo
+
 
 class RollingDecoder:
     """Continuous batching: rows join and leave one running decode batch at any step.
 
-    A row is given as the KV cache of its prefix minus the last token (``kv``, from
+    A row is given as the KV cache of its prefix minus the last token (``kv``, one tensor or
+    a sequence of pieces, e.g. a prompt's shared cache then an answer's own cache, from
     :meth:`prefill` or :meth:`kv` of an earlier row) and that last token; it joins a free
     batch slot at the next :meth:`step` and then gets one new token per step until an EOS
     token or its budget. Rows wait in a queue when every slot is taken. Nothing is
-    re-encoded: a row costs one decode step per new token, whatever its prefix length.
+    re-encoded: a row costs one decode step per new token, whatever its prefix length, and
+    the pieces of its prefix are written one after the other into its slot (no concatenated
+    copy is made).
 
     Layout: all rows share the cache's column axis. A row joining with ``c`` cached columns
     is written right-aligned just before the next column to be filled, so the columns before
     it are masked for that row (left padding); the attention mask is kept per slot and
     position ids per row, so results do not depend on the padding (up to float rounding).
-    The buffer holds twice the longest row; when it is full, the live columns are moved back
-    to its start. When the queue is empty and at most half the slots are busy, the batch is
-    shrunk to the busy slots (and grown again, up to ``slots``, when rows wait).
+    The buffer holds :func:`buffer_columns` (``max_len`` plus a spare); when it is full, the
+    live columns are moved back, one layer at a time. When the queue is empty and at most
+    half the slots are busy, the batch is shrunk to the busy slots (and grown again, up to
+    ``slots``, when rows wait).
 
     Sampling is that of :meth:`DecodingEngine.extend` (temperature, top-k, greedy), with
     the same per-token ``log p``, ``log q``, entropy and top-1. All draws come from
     ``generator``; given its seed and the same sequence of calls, the output is the same.
 
-    Supports causal LMs whose layers all use full attention through a ``past_key_values``
-    ``update`` call (e.g. Llama, Qwen2), with ``sdpa`` or ``eager`` attention.
+    ``kv_store`` says where the caches this decoder hands out (:meth:`prefill`,
+    :meth:`kv`) live: ``"device"`` (the model's), or ``"host"`` (CPU memory, pinned when the
+    device is CUDA), which keeps many stored caches off the accelerator at the price of a
+    copy to the device when a row joins. On a CPU model both are the same.
+
+    Supports causal LMs whose layers all use full attention over a row's whole span through
+    a cache ``update`` call and a 4D mask, with ``sdpa`` or ``eager`` attention: Qwen2,
+    Llama, Phi-3, OPT, and the mixture-of-experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE.
+    A model with sliding-window (or other non-full) attention layers, or a sliding window
+    shorter than ``max_len``, is refused: the decoder's mask would silently widen its window.
+
+    Positions shared by the batch: rotary scalings that depend on the largest position id of
+    the batch (Phi-3's LongRoPE switches to its long factors once that passes
+    ``original_max_position_embeddings``) see every busy row's position, so a row's log p
+    can change while a longer row is busy, exactly as in transformers' own batched
+    ``generate``. Free slots are reset to position 0, so a row that has ended no longer
+    affects the others. A row that itself crosses the switch keeps the keys of its earlier
+    tokens as they were computed (``generate`` re-encodes the whole sequence once there).
     """
 
     def __init__(
@@ -95,18 +144,18 @@ class RollingDecoder:
         top_k: int | None = None,
         greedy: bool = False,
         generator: torch.Generator | None = None,
+        kv_store: str = "device",
     ):
         check_sampling(temperature, top_k, greedy)
         if slots < 1 or max_len < 2:
             raise UserError(
                 f"a rolling batch needs slots >= 1 and max_len >= 2 (got {slots}, {max_len})"
             )
+        if kv_store not in KV_STORES:
+            raise UserError(f"kv_store must be one of {KV_STORES} (got {kv_store!r})")
         check_generator(generator, engine.device)
         cfg = engine.model.config.get_text_config()
-        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
-            raise UserError(
-                "continuous batching supports only models whose layers all use full attention"
-            )
+        check_full_attention(cfg, max_len)
         self.attn_impl = cfg._attn_implementation
         if self.attn_impl not in ("sdpa", "eager"):
             raise UserError(
@@ -122,6 +171,7 @@ class RollingDecoder:
             greedy,
             generator,
         )
+        self.kv_store = kv_store
         self.max_len = max_len  # longest row: cached prefix + new tokens
         self.n_layers = cfg.num_hidden_layers
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -133,6 +183,7 @@ class RollingDecoder:
         self.tokens_prefilled = 0  # prefix tokens run through :meth:`prefill`
         self.tokens_decoded = 0
         self.steps = 0
+        self.compactions = 0
         self._alloc(slots)
 
     # ------------------------------------------------------------------ state
@@ -144,7 +195,7 @@ class RollingDecoder:
         self.cache.lo = self.cache.hi = self.max_len  # room on the left for any joining row
         self.mask = torch.zeros((slots, C), dtype=torch.bool, device=d)  # [S, C] attendable
         self.next_tok = torch.zeros(slots, dtype=torch.long, device=d)  # fed at the next step
-        self.pos = torch.zeros(slots, dtype=torch.long, device=d)  # its position id
+        self.pos = torch.zeros(slots, dtype=torch.long, device=d)  # its position id (free: 0)
         self.n_gen = torch.zeros(slots, dtype=torch.long, device=d)
         self.budget = torch.ones(slots, dtype=torch.long, device=d)
         self.busy_t = torch.zeros(slots, dtype=torch.bool, device=d)
@@ -161,18 +212,27 @@ class RollingDecoder:
     def has_work(self) -> bool:
         return bool(self.queue) or self.n_running > 0
 
+    def _new_kv(self, columns: int) -> torch.Tensor:
+        """An uninitialised cache of ``columns`` tokens in the store:
+        [layers, 2, kv_heads, columns, head_dim]."""
+        shape = (self.n_layers, 2, self.kv_heads, columns, self.head_dim)
+        if self.kv_store == "device":
+            return torch.empty(shape, dtype=self.dtype, device=self.device)
+        return torch.empty(shape, dtype=self.dtype, pin_memory=self.device.type == "cuda")
+
     def empty_kv(self) -> torch.Tensor:
         """The cache of an empty prefix: [layers, 2, kv_heads, 0, head_dim]."""
-        shape = (self.n_layers, 2, self.kv_heads, 0, self.head_dim)
-        return torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return self._new_kv(0)
 
     # ------------------------------------------------------------------ rows in
 
     @torch.no_grad()
     def prefill(self, prefixes: list[list[int]]) -> list[torch.Tensor]:
-        """The KV cache of each prefix, [layers, 2, kv_heads, len, head_dim] (empty ones allowed).
+        """The KV cache of each prefix, [layers, 2, kv_heads, len, head_dim] (empty ones allowed),
+        in the decoder's ``kv_store``.
 
-        Prefixes are left-padded and run in batches of the engine's ``max_batch_size``.
+        Prefixes are left-padded and run in batches of the engine's ``max_batch_size``; each
+        row's columns are copied out of the batch cache layer by layer (no stacked copy).
         """
         out = [self.empty_kv() for _ in prefixes]
         rows = [i for i, p in enumerate(prefixes) if p]
@@ -180,17 +240,37 @@ class RollingDecoder:
         for chunk in self.engine.chunks(rows, [len(p) for p in prefixes]):
             ids, attn = self.engine.left_pad([prefixes[r] for r in chunk])  # [b, L]
             _, cache = self.engine.prefill(ids, attn)
-            kv = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
-            for j, r in enumerate(chunk):  # kv: [layers, 2, b, kv_heads, L, head_dim]
-                out[r] = kv[:, :, j, :, ids.shape[1] - len(prefixes[r]) :].clone()
+            width = ids.shape[1]
+            for j, r in enumerate(chunk):
+                n = len(prefixes[r])
+                kv = self._new_kv(n)
+                for i, layer in enumerate(cache.layers):  # keys, values: [b, kv_heads, L, hd]
+                    kv[i, 0].copy_(layer.keys[j, :, width - n :])
+                    kv[i, 1].copy_(layer.values[j, :, width - n :])
+                out[r] = kv
+            del cache
             self.tokens_prefilled += sum(len(prefixes[r]) for r in chunk)
         return out
 
-    def add(self, kv: torch.Tensor, token: int, budget: int, tag) -> None:
-        """Queue a row: cached prefix ``kv`` [layers, 2, kv_heads, c, head_dim], then ``token``
-        (fed at position c), then up to ``budget`` >= 1 new tokens. ``tag`` names the row in
-        :class:`Finished` (any object but None)."""
-        c = kv.shape[-2]
+    def add(self, kv: torch.Tensor | Sequence[torch.Tensor], token: int, budget: int, tag) -> None:
+        """Queue a row: cached prefix ``kv``, then ``token`` (fed at position c), then up to
+        ``budget`` >= 1 new tokens. ``tag`` names the row in :class:`Finished` (any object
+        but None).
+
+        ``kv`` is one cache [layers, 2, kv_heads, c, head_dim] or a sequence of such pieces
+        whose columns add up to c (e.g. a prompt's cache, then an answer's); pieces may live
+        on the device or in host memory, and are only read when the row joins the batch.
+        """
+        pieces = [kv] if isinstance(kv, torch.Tensor) else list(kv)
+        want = (self.n_layers, 2, self.kv_heads, self.head_dim)
+        for p in pieces:
+            if p.ndim != 5 or (*p.shape[:3], p.shape[4]) != want:
+                raise UserError(
+                    f"a cache piece of shape {tuple(p.shape)} does not fit this model "
+                    f"(want [layers, 2, kv_heads, columns, head_dim] = {want[:3]} + [c] + "
+                    f"[{want[3]}])"
+                )
+        c = sum(p.shape[-2] for p in pieces)
         if budget < 1 or c + budget > self.max_len:
             raise UserError(
                 f"a row with {c} cached tokens and budget {budget} does not fit "
@@ -202,7 +282,7 @@ class RollingDecoder:
             )
         if tag is None:
             raise UserError("a row's tag must not be None")
-        self.queue.append((kv, int(token), int(budget), tag))
+        self.queue.append((pieces, c, int(token), int(budget), tag))
 
     def _admit(self) -> None:
         """Move queued rows into free slots, right-aligned just before column ``hi``."""
@@ -214,30 +294,43 @@ class RollingDecoder:
         hi, buf = self.cache.hi, self.cache.buf
         joined = list(zip(free, self.queue, strict=False))
         self.queue = self.queue[len(joined) :]
-        for s, (kv, _, _, tag) in joined:
-            c = kv.shape[-2]
-            buf[:, :, s, :, hi - c : hi] = kv
+        for s, (pieces, c, _, _, tag) in joined:
+            col = hi - c
+            for p in pieces:  # one after the other; a host piece is copied to the device here
+                w = p.shape[-2]
+                if w:
+                    buf[:, :, s, :, col : col + w].copy_(p, non_blocking=True)
+                col += w
             self.mask[s] = False
             self.mask[s, hi - c : hi] = True
             self.tags[s], self.start[s] = tag, hi - c
         idx = torch.tensor([s for s, _ in joined], device=self.device)
-        vals = torch.tensor(
-            [[q[1], q[0].shape[-2], q[2]] for _, q in joined], device=self.device
-        )  # token, position, budget
+        vals = torch.tensor([[q[2], q[1], q[3]] for _, q in joined], device=self.device)
+        # token, position, budget
         self.next_tok[idx], self.pos[idx], self.budget[idx] = vals[:, 0], vals[:, 1], vals[:, 2]
         self.n_gen[idx] = 0
         self.busy_t[idx] = True
         self.cache.lo = min(self.cache.lo, min(self.start[s] for s, _ in joined))
 
-    def _compact_columns(self) -> None:
-        """The buffer is full: move the live columns (at most ``max_len``) back to its start."""
+    def _compact_columns(self, lo: int) -> None:
+        """The buffer is full: move the live columns ``lo..hi-1`` back so that ``hi`` becomes
+        ``max_len`` again (every busy row starts at or after ``lo``).
+
+        Layer by layer: when the old and new places overlap, the temporary copy is one
+        layer's live columns, never a second copy of the whole buffer.
+        """
         c, M = self.cache, self.max_len
         shift = c.hi - M
-        c.buf[..., :M, :] = c.buf[..., shift : c.hi, :].clone()
-        self.mask[:, :M] = self.mask[:, shift : c.hi].clone()
+        new_lo = lo - shift  # >= 1: a busy row spans at most max_len - 1 columns before hi
+        for layer in c.buf:  # [2, S, kv_heads, C, head_dim]
+            src = layer[..., lo : c.hi, :]
+            layer[..., new_lo:M, :] = src.clone() if lo < M else src
+        self.mask[:, new_lo:M] = self.mask[:, lo : c.hi].clone()
+        self.mask[:, :new_lo] = False
         self.mask[:, M:] = False
-        c.lo, c.hi = c.lo - shift, M
+        c.lo, c.hi = new_lo, M
         self.start = [s - shift for s in self.start]
+        self.compactions += 1
 
     def _shrink(self) -> None:
         """Keep only the busy slots (cheaper steps in the tail of a run)."""
@@ -281,23 +374,27 @@ class RollingDecoder:
             self._shrink()
             busy = list(range(len(busy)))
         c = self.cache
+        lo = min(self.start[s] for s in busy)  # columns left of every busy row: padding for all
         if c.hi == c.buf.shape[-2]:
-            self._compact_columns()
-        c.lo = min(self.start[s] for s in busy)  # columns left of every busy row: padding for all
+            self._compact_columns(lo)
+            lo = min(self.start[s] for s in busy)
+        c.lo = lo
         # Free slots also attend to their own column, so no row of the batch is fully masked.
         self.mask[:, c.hi] = True
         window = self.mask[:, c.lo : c.hi + 1]  # [S, W]
         if self.attn_impl == "sdpa":
-            mask4 = window[:, None, None, :]
+            mask4 = window[:, None, None, :]  # [S, 1, 1, W] bool: True = attend
         else:  # eager: additive float mask
             mask4 = torch.zeros(window.shape, dtype=self.dtype, device=self.device)
             mask4 = mask4.masked_fill(~window, torch.finfo(self.dtype).min)[:, None, None, :]
+        # A 4D mask is used as given by every model (transformers' masking_utils returns it
+        # unchanged), whatever mask builder the model would otherwise call.
         result = self.model(
             input_ids=self.next_tok[:, None],
-            attention_mask={"full_attention": mask4},
+            attention_mask=mask4,
             position_ids=self.pos[:, None],
-            past_key_values=c,
             use_cache=True,
+            **{self.engine.cache_arg: c},
         )
         c.hi += 1
         self.steps += 1
@@ -314,11 +411,13 @@ class RollingDecoder:
         self.next_tok = tok
         is_eos = torch.isin(tok, self.eos)
         done = self.busy_t & (is_eos | (self.n_gen >= self.budget))
+        # A slot that frees up goes back to position 0: its old position must not count in
+        # the batch's largest position (Phi-3's LongRoPE switch) while it is free.
+        self.pos.masked_fill_(done, 0)
         done_slots = done.nonzero().squeeze(1).tolist()  # the one host sync per step
-        if not done_slots:
-            self.tokens_decoded += len(busy)
-            return []
         self.tokens_decoded += len(busy)
+        if not done_slots:
+            return []
         n_gen, eos_flags = self.n_gen[done_slots].tolist(), is_eos[done_slots].tolist()
         toks = self.tok_buf[done_slots].cpu()
         stats = self.stats[done_slots].cpu()
@@ -338,9 +437,45 @@ class RollingDecoder:
             self.tags[s] = None
         return finished
 
-    def kv(self, row: Finished) -> torch.Tensor:
+    def kv(self, row: Finished, skip: int = 0) -> torch.Tensor:
         """The cache of a row that just ended: its prefix and every new token but the last,
-        [layers, 2, kv_heads, c + n, head_dim] (a copy). Valid until the next :meth:`step`."""
+        less the first ``skip`` columns, [layers, 2, kv_heads, c + n - skip, head_dim].
+
+        A copy in the decoder's ``kv_store``; readable only until the next :meth:`step`.
+        ``skip`` drops columns the caller already holds (e.g. a prompt's shared cache), so
+        that a stored state need not repeat them.
+        """
         if row.step != self.steps:
             raise UserError("the cache of a finished row can be read only before the next step")
-        return self.cache.buf[:, :, row.slot, :, self.start[row.slot] : self.cache.hi].clone()
+        start, hi = self.start[row.slot] + skip, self.cache.hi
+        if skip < 0 or start > hi:
+            raise UserError(f"skip {skip} is outside the row's {hi - start + skip} cached columns")
+        out = self._new_kv(hi - start)
+        out.copy_(self.cache.buf[:, :, row.slot, :, start:hi])
+        return out
+
+
+def check_full_attention(cfg, max_len: int) -> None:
+    """Refuse a model whose attention is not full over a row's span of ``max_len`` tokens.
+
+    The rolling decoder builds one 4D mask for all layers, which overrides any sliding
+    window a model would otherwise apply; so a layer type other than full attention, or a
+    sliding window shorter than ``max_len``, would silently change the model. Configs that
+    carry a window they do not use (Qwen2's ``use_sliding_window: false``) or one longer than
+    any row (Phi-3.5-mini's 262144) are fine.
+    """
+    other = sorted({t for t in (getattr(cfg, "layer_types", None) or []) if t != "full_attention"})
+    if other:
+        raise UserError(
+            "continuous batching supports only models whose layers all use full attention "
+            f"(this one has {', '.join(other)} layers)"
+        )
+    window = getattr(cfg, "sliding_window", None)
+    if getattr(cfg, "use_sliding_window", True) is False or window is None:
+        return
+    if window < max_len:
+        raise UserError(
+            f"the model attends through a sliding window of {window} tokens, shorter than the "
+            f"rows of up to {max_len} tokens; continuous batching needs full attention over "
+            "a row (shorten max_new_tokens or the prompts, or use the static engine)"
+        )

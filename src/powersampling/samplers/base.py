@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import jsonschema
+import numpy as np
 import torch
 
 from powersampling.errors import UserError
@@ -73,8 +74,36 @@ class Sampler(ABC):
         self.params = resolve_params(self.name, self.PARAMS, params)
 
     @abstractmethod
-    def sample(self, prompts: list[list[int]], generator: torch.Generator) -> list[dict]:
-        """One dict per prompt (in order) with the keys of :func:`completion_record`."""
+    def sample(
+        self,
+        prompts: list[list[int]],
+        generator: torch.Generator,
+        budgets: list[int] | None = None,
+    ) -> list[dict]:
+        """One dict per prompt (in order) with the keys of :func:`completion_record`.
+
+        ``budgets``: the most new tokens of each row (see :func:`token_budgets`); None gives
+        every row the method's ``max_new_tokens``. A generation job gives a smaller budget to
+        a row whose prompt leaves less room in the model's context.
+        """
+
+
+def token_budgets(budgets: list[int] | None, n: int, max_new_tokens: int) -> list[int]:
+    """One budget per row: ``budgets`` checked (n integers, each 1..max_new_tokens), or
+    ``max_new_tokens`` for every row when None."""
+    if budgets is None:
+        return [int(max_new_tokens)] * n
+    budgets = list(budgets)
+    if len(budgets) != n:
+        raise UserError(f"{len(budgets)} token budgets for {n} prompts")
+    for i, b in enumerate(budgets):
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)):
+            raise UserError(f"row {i}: the token budget must be an integer (got {b!r})")
+        if not 1 <= b <= max_new_tokens:
+            raise UserError(
+                f"row {i}: token budget {b} is outside 1..{max_new_tokens} (max_new_tokens)"
+            )
+    return [int(b) for b in budgets]
 
 
 def resolve_params(sampler: str, spec: dict[str, Param], given: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +138,7 @@ def completion_record(
     temperature: float,
     tokens_decoded: int,
     tokens_prefilled: int,
+    token_budget: int,
     acceptance_rate: float | None = None,
     proposals: int | None = None,
     sampler_trace: list[dict[str, float]] | None = None,
@@ -119,6 +149,7 @@ def completion_record(
     at T=1. An empty completion has NaN mean entropy, perplexity and self-confidence.
     ``sampler_trace`` is the sampler's per-stage diagnostics: one record per stage, in
     order, each a mapping from the keys in the sampler's ``TRACE_FIELDS`` to numbers.
+    ``token_budget`` is the most new tokens the row was allowed.
     """
     n = len(tokens)
     logp_sum = float(logp.sum()) if n else 0.0
@@ -133,6 +164,7 @@ def completion_record(
         "temperature": float(temperature),
         "tokens_decoded": int(tokens_decoded),
         "tokens_prefilled": int(tokens_prefilled),
+        "token_budget": int(token_budget),
         "acceptance_rate": acceptance_rate,
         "proposals": proposals,
         "sampler_trace": sampler_trace,

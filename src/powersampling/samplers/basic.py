@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from powersampling.samplers.base import Param, Sampler, completion_record
+from powersampling.samplers.base import Param, Sampler, completion_record, token_budgets
 
 MAX_NEW_TOKENS = Param({"type": "integer", "minimum": 1}, "Most new tokens per answer.")
 
 
-def _records(prompts, ext, temperature: float) -> list[dict]:
+def _records(prompts, ext, temperature: float, budgets: list[int]) -> list[dict]:
     return [
         completion_record(
             ext.tokens[i],
@@ -20,6 +20,7 @@ def _records(prompts, ext, temperature: float) -> list[dict]:
             temperature=temperature,
             tokens_decoded=len(ext.tokens[i]),
             tokens_prefilled=len(prompts[i]),
+            token_budget=budgets[i],
         )
         for i in range(len(prompts))
     ]
@@ -32,10 +33,14 @@ class GreedySampler(Sampler):
     PARAMS = {"max_new_tokens": MAX_NEW_TOKENS}
 
     def sample(
-        self, prompts: list[list[int]], generator: torch.Generator | None = None
+        self,
+        prompts: list[list[int]],
+        generator: torch.Generator | None = None,
+        budgets: list[int] | None = None,
     ) -> list[dict]:
-        ext = self.engine.extend(prompts, self.params["max_new_tokens"], greedy=True)
-        return _records(prompts, ext, temperature=0.0)  # greedy is recorded as T = 0
+        budgets = token_budgets(budgets, len(prompts), self.params["max_new_tokens"])
+        ext = self.engine.extend(prompts, budgets, greedy=True)
+        return _records(prompts, ext, 0.0, budgets)  # greedy is recorded as T = 0
 
 
 class TemperatureSampler(Sampler):
@@ -46,18 +51,27 @@ class TemperatureSampler(Sampler):
         "T": Param({"type": "number", "exclusiveMinimum": 0}, "Sampling temperature."),
         "top_k": Param(
             {"type": ["integer", "null"], "minimum": 1},
-            "Sample from the k most likely tokens only (null: the whole vocabulary).",
+            "Sample from the k most likely tokens only (null: the whole vocabulary). "
+            "transformers' generate() applies top_k=50 when neither the call nor the model's "
+            "generation_config.json sets it, so published runs that called generate() "
+            "without top_k sampled from the 50 most likely tokens: set 50 to reproduce them.",
             default=None,
         ),
         "max_new_tokens": MAX_NEW_TOKENS,
     }
 
-    def sample(self, prompts: list[list[int]], generator: torch.Generator) -> list[dict]:
+    def sample(
+        self,
+        prompts: list[list[int]],
+        generator: torch.Generator,
+        budgets: list[int] | None = None,
+    ) -> list[dict]:
+        budgets = token_budgets(budgets, len(prompts), self.params["max_new_tokens"])
         ext = self.engine.extend(
             prompts,
-            self.params["max_new_tokens"],
+            budgets,
             temperature=float(self.params["T"]),
             top_k=self.params["top_k"],
             generator=generator,
         )
-        return _records(prompts, ext, temperature=float(self.params["T"]))
+        return _records(prompts, ext, float(self.params["T"]), budgets)

@@ -44,16 +44,30 @@ same acceptance test); only their interleaving across chains differs. All random
 :meth:`PowerSampler.sample`; the output is a function of its seed and the prompts (and
 ``max_batch_size``), but a chain's draws depend on the other chains in the batch.
 
-KV reuse: each distinct prompt is encoded once (all but its last token). A chain keeps
-the KV cache of its current state (prompt + answer, all but the last token); a proposal
-cut at i starts from that cache's first P + i - 1 columns and feeds the one token before
-the cut, so a proposal costs one decode step per new token and re-encodes one token,
-whatever the prefix length. On acceptance the proposal's cache becomes the chain's.
-``tokens_prefilled`` counts what was encoded without being sampled: the prompt (less its
-last token, for the first chain of each distinct prompt) plus one token per proposal
-(block extensions included). Keys and values of the kept prefix were computed when its
-tokens were generated, in another batch layout; they equal a fresh prefill up to float
-rounding.
+KV reuse: each distinct prompt is encoded once (all but its last token), and that cache
+is one tensor shared by the chains of the prompt. A chain keeps the KV cache of its own
+answer only: the columns of the prompt's last token and of every answer token but the
+last (L columns for an answer of L tokens). A proposal cut at i is queued as two pieces,
+the prompt's cache and the first i columns of the answer's, which the decoder writes one
+after the other into a batch row (no concatenated copy), and feeds the one token before
+the cut; so a proposal costs one decode step per new token and re-encodes one token,
+whatever the prefix length. On acceptance the proposal's answer cache (read from the
+decoder without the prompt's columns) becomes the chain's. ``tokens_prefilled`` counts
+what was encoded without being sampled: the prompt (less its last token, for the first
+chain of each distinct prompt) plus one token per proposal (block extensions included).
+Keys and values of the kept prefix were computed when its tokens were generated, in
+another batch layout; they equal a fresh prefill up to float rounding.
+
+Memory, with kv = layers × 2 × kv_heads × head_dim × dtype bytes per token: the decoder's
+buffer (rows × :func:`~powersampling.engine.rolling.buffer_columns` of the longest prompt
++ budget); one prompt cache of (P - 1) × kv per distinct prompt; and per chain the cache
+of its current answer, at most ``budget`` × kv, plus, for a moment when a proposal is
+accepted, the proposal's. :attr:`PowerSampler.kv_store` puts the prompt and chain caches on
+the device (``"device"``) or in host memory (``"host"``, pinned when the device is CUDA;
+copied to the device when a proposal joins the batch).
+
+Per-row budgets: :meth:`PowerSampler.sample` takes an optional budget per prompt (at most
+``max_new_tokens``); a chain's block caps are then ``block_caps(block_size, budget)``.
 """
 
 from __future__ import annotations
@@ -66,7 +80,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from powersampling.samplers.base import Param, Sampler, completion_record
+from powersampling.samplers.base import Param, Sampler, completion_record, token_budgets
 
 if TYPE_CHECKING:  # annotations only; see sample() for the runtime import
     from powersampling.engine import Finished, RollingDecoder, TokenStats
@@ -83,6 +97,7 @@ class _Chain:
     """One Markov chain: its current answer with per-token statistics, and its counters."""
 
     prompt: list[int]
+    caps: list[int]  # length caps of the chain's blocks (from its token budget)
     tokens: list[int] = field(default_factory=list)
     # Per-token float64 numpy arrays [L] (cheaper to splice than tiny torch tensors).
     logp: np.ndarray = field(
@@ -92,8 +107,12 @@ class _Chain:
     entropy: np.ndarray = field(default_factory=lambda: np.zeros(0))
     top1: np.ndarray = field(default_factory=lambda: np.zeros(0))
     eos: bool = False  # the current answer ends with an EOS token
-    # KV cache of prompt + answer without its last token, [layers, 2, kv_heads, P + L - 1, hd]
-    kv: torch.Tensor | None = None
+    # KV cache of the prompt without its last token, shared with the prompt's other chains:
+    # [layers, 2, kv_heads, P - 1, head_dim]
+    prompt_kv: torch.Tensor | None = None
+    # KV cache of the prompt's last token and of the answer without its last token (this
+    # chain's own): [layers, 2, kv_heads, L, head_dim]
+    answer_kv: torch.Tensor | None = None
     block: int = 0  # index of the current block
     extended: bool = False  # the current block's extension is done (or not needed)
     steps: int = 0  # MH steps done in the current block
@@ -145,6 +164,11 @@ class PowerSampler(Sampler):
 
     For several chains per prompt, repeat the prompt. Its ``sampler_trace`` has one record
     per block (:data:`TRACE_FIELDS`).
+
+    ``kv_store`` (an attribute, not a method parameter: it changes where caches live, not
+    the output) is ``"device"`` (default) or ``"host"``: where the prompt caches and the
+    chains' answer caches are kept between proposals (see the module docstring). A job sets
+    it from its memory plan before calling :meth:`sample`.
     """
 
     name = "power"
@@ -197,6 +221,7 @@ class PowerSampler(Sampler):
         "accepted": "MH proposals accepted in the block",
         "logp": "log p of the chain's answer at the end of the block (base model, T=1)",
     }
+    kv_store: str = "device"  # "device" | "host"; see the class docstring
 
     def __init__(self, engine, **params):
         super().__init__(engine, **params)
@@ -205,23 +230,35 @@ class PowerSampler(Sampler):
             p["proposal_temperature"] = 1.0 / float(p["alpha"])
         self.alpha = float(p["alpha"])
         self.temperature = float(p["proposal_temperature"])
-        self.caps = block_caps(p["block_size"], p["max_new_tokens"])
 
     # ------------------------------------------------------------------ main loop
 
-    def sample(self, prompts: list[list[int]], generator: torch.Generator) -> list[dict]:
+    def sample(
+        self,
+        prompts: list[list[int]],
+        generator: torch.Generator,
+        budgets: list[int] | None = None,
+    ) -> list[dict]:
         """One power-sampled completion per prompt (repeat a prompt for several chains).
 
+        ``budgets``: the most new tokens of each chain (1..``max_new_tokens``; None: all
+        ``max_new_tokens``); a chain's blocks are capped at ``block_caps(block_size, budget)``.
         ``chain_lifetime_s`` of a row is the time from the start of the call until its chain
         finished (chains run together, so it is an elapsed time, not a private cost).
         """
         t0 = time.perf_counter()
-        chains = [_Chain(prompt=list(p)) for p in prompts]
+        p = self.params
+        budgets = token_budgets(budgets, len(prompts), p["max_new_tokens"])
+        chains = [
+            _Chain(prompt=list(q), caps=block_caps(p["block_size"], b))
+            for q, b in zip(prompts, budgets, strict=True)
+        ]
         if not chains:
             return []
         engine = self.engine
-        longest = max(len(c.prompt) for c in chains) + self.caps[-1]
-        engine.check_rows([c.prompt for c in chains], [self.caps[-1]] * len(chains), "new tokens")
+        # The longest row: a prompt with its chain's budget (the last cap).
+        longest = max(len(c.prompt) + c.caps[-1] for c in chains)
+        engine.check_rows([c.prompt for c in chains], [c.caps[-1] for c in chains], "new tokens")
         n = len(chains)
         # Imported here, not at the top: config validation reads PARAMS from this module
         # at every workflow start, and the engine pulls in transformers (seconds).
@@ -234,10 +271,11 @@ class PowerSampler(Sampler):
             temperature=self.temperature,
             top_k=self.params["proposal_top_k"],
             generator=generator,
+            kv_store=self.kv_store,
         )
         # Each distinct prompt is encoded once (all but its last token, which every first
-        # extension feeds); chains of the same prompt share that cache. The prefill is
-        # counted in the tokens_prefilled of the first chain of the prompt.
+        # extension feeds); chains of the same prompt share that cache (one tensor). The
+        # prefill is counted in the tokens_prefilled of the first chain of the prompt.
         first: dict[tuple, int] = {}
         for j, c in enumerate(chains):
             first.setdefault(tuple(c.prompt), j)
@@ -246,7 +284,7 @@ class PowerSampler(Sampler):
             chains[j].prefilled += len(chains[j].prompt) - 1
         by_prompt = {key: kv for key, kv in zip(first, kvs, strict=True)}
         for j, c in enumerate(chains):
-            c.kv = by_prompt[tuple(c.prompt)]
+            c.prompt_kv = by_prompt[tuple(c.prompt)]
             self._advance(j, c, decoder, generator, t0)
         while decoder.has_work:
             for row in decoder.step():
@@ -262,15 +300,18 @@ class PowerSampler(Sampler):
     def _propose(self, j: int, chain: _Chain, cut: int, decoder: RollingDecoder) -> None:
         """Queue the proposal prompt + x_{<cut} → q until EOS or the block's cap.
 
-        The row reuses the chain's cache of prompt + x_{<cut-1} and feeds the one token
-        before the cut, so a proposal re-encodes a single token whatever its prefix.
+        The row reuses the cache of prompt + x_{<cut-1}: the prompt's shared cache (P - 1
+        columns), then the first ``cut`` columns of the chain's answer cache (the prompt's
+        last token, x_0 .. x_{cut-2}); it feeds the one token before the cut, so a proposal
+        re-encodes a single token whatever its prefix.
         """
-        P = len(chain.prompt)
-        c = P + cut - 1  # cached columns
         token = chain.tokens[cut - 1] if cut > 0 else chain.prompt[-1]
+        pieces = [chain.prompt_kv]
+        if cut > 0:
+            pieces.append(chain.answer_kv[:, :, :, :cut])
         chain.cut = cut
         chain.prefilled += 1
-        decoder.add(chain.kv[:, :, :, :c], token, self.caps[chain.block] - cut, j)
+        decoder.add(pieces, token, chain.caps[chain.block] - cut, j)
 
     def _advance(self, j: int, chain: _Chain, decoder, generator, t0: float) -> None:
         """Queue the chain's next proposal, or close blocks until it needs one or is done."""
@@ -301,10 +342,10 @@ class PowerSampler(Sampler):
                     "logp": float(chain.logp.sum()),
                 }
             )
-            last = chain.block == len(self.caps) - 1
+            last = chain.block == len(chain.caps) - 1
             if last or (chain.eos and self.params["stop_at_eos"]):
                 chain.lifetime_s = time.perf_counter() - t0
-                chain.kv = None  # free the cache
+                chain.prompt_kv = chain.answer_kv = None  # free the caches
                 return
             chain.block += 1
             chain.extended = False
@@ -321,7 +362,7 @@ class PowerSampler(Sampler):
         if chain.in_extension:
             chain.in_extension = False
             chain.replace_suffix(i, row.tokens, row.stats, eos)
-            chain.kv = decoder.kv(row)
+            chain.answer_kv = decoder.kv(row, skip=len(chain.prompt) - 1)
             return
         chain.steps += 1
         chain.proposals += 1
@@ -343,7 +384,7 @@ class PowerSampler(Sampler):
         if accept:
             chain.accepted += 1
             chain.replace_suffix(i, row.tokens, row.stats, eos)
-            chain.kv = decoder.kv(row)
+            chain.answer_kv = decoder.kv(row, skip=len(chain.prompt) - 1)
 
     def _record(self, chain: _Chain) -> dict:
         rec = completion_record(
@@ -355,6 +396,7 @@ class PowerSampler(Sampler):
             temperature=self.temperature,
             tokens_decoded=chain.decoded,
             tokens_prefilled=chain.prefilled,
+            token_budget=chain.caps[-1],
             acceptance_rate=chain.accepted / chain.proposals if chain.proposals else None,
             proposals=chain.proposals,
             sampler_trace=chain.trace,
