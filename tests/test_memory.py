@@ -1,0 +1,223 @@
+"""The memory plan of a generation job: hand-computed shapes of the paper's models, the batch
+it picks, its refusal, and its buffer and weights against real tensors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_models import EOS_ID, PAD_ID, one_torch_thread, tiny_model  # noqa: F401
+
+from powersampling import memory
+from powersampling.architectures import published_config
+from powersampling.config import load_config
+from powersampling.engine import DecodingEngine, RollingDecoder
+from powersampling.engine.rolling import buffer_columns
+from powersampling.errors import UserError
+from powersampling.memory import (
+    GIB,
+    fits,
+    kv_bytes_per_token,
+    memory_items,
+    parameter_count,
+    plan_config,
+    plan_memory,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "config" / "schema.yaml"
+PAPER_POWER = {
+    "sampler": "power",
+    "alpha": 4.0,
+    "block_size": 192,
+    "max_new_tokens": 3072,
+    "mcmc_steps": 10,
+}
+PAPER_BASE = {"sampler": "temperature", "T": 1.0, "max_new_tokens": 3072}
+
+
+@pytest.fixture(scope="module")
+def phi():
+    return published_config("phi-3.5-mini-instruct")
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return published_config("qwen2.5-7b")
+
+
+# ------------------------------------------------------------------ the paper's shapes
+
+
+@pytest.mark.parametrize(
+    ("name", "kv_bytes"),
+    [
+        ("phi-3.5-mini-instruct", 32 * 2 * 32 * 96 * 2),  # no GQA: 384 KiB per token
+        ("qwen2.5-7b", 28 * 2 * 4 * 128 * 2),
+        ("qwen2.5-math-7b", 28 * 2 * 4 * 128 * 2),
+    ],
+)
+def test_kv_bytes_per_token_of_the_paper_models(name, kv_bytes):
+    assert kv_bytes_per_token(published_config(name), torch.bfloat16) == kv_bytes
+    assert kv_bytes in (393_216, 57_344)
+
+
+@pytest.mark.parametrize(
+    ("name", "n_params"),
+    [
+        ("qwen2.5-math-7b", 7_615_616_512),
+        ("qwen2.5-7b", 7_615_616_512),
+        ("phi-3.5-mini-instruct", 3_821_079_552),
+    ],
+)
+def test_parameter_counts_of_the_paper_models(name, n_params):
+    assert parameter_count(published_config(name)) == n_params
+
+
+def test_phi_power_sampling_at_batch_64_does_not_fit_80_gib(phi):
+    budget = 80 * GIB
+    plan = plan_memory(phi, "bfloat16", PAPER_POWER, [512], 64, budget, chain_store="device")
+    shape = plan.shape
+    assert memory_items(shape, 64, "device").peak > budget
+    assert 1 <= plan.batch < 64
+    assert plan.peak <= budget and fits(shape, plan.batch, "device", budget)
+    assert not fits(shape, plan.batch + 1, "device", budget)  # the largest that fits
+    columns = buffer_columns(512 + 3072)
+    assert plan.items.buffer == plan.batch * columns * 393_216
+    assert plan.items.chain_states == plan.batch * 3072 * 393_216  # answers only
+    assert plan.items.prompt_caches == plan.batch * 512 * 393_216
+    assert plan.items.cache_transient == 3072 * 393_216  # one answer being replaced
+    assert plan.items.host_caches == 0
+    assert plan.items.weights == 3_821_079_552 * 2
+    assert f"batch {plan.batch + 1} would need" in plan.reason
+
+
+def test_host_chain_store_only_when_it_fits_more_rows(phi, qwen):
+    budget, kv = 80 * GIB, 393_216
+    on_device = plan_memory(phi, "bfloat16", PAPER_POWER, [512], 64, budget, chain_store="device")
+    auto = plan_memory(phi, "bfloat16", PAPER_POWER, [512], 64, budget)  # host: unlimited
+    assert auto.chain_store == "host" and auto.batch > on_device.batch
+    assert auto.items.chain_states == auto.items.prompt_caches == 0
+    assert auto.items.host_caches == auto.batch * (512 + 3072) * kv + 3072 * kv
+    assert auto.host_need == auto.items.weights + memory.RESERVE_BYTES + 2 * auto.items.host_caches
+    assert auto.limit == "device memory" and not fits(auto.shape, auto.batch + 1, "host", budget)
+    # The host budget bounds the batch with host caches.
+    host = auto.host_need - 1
+    bounded = plan_memory(phi, "bfloat16", PAPER_POWER, [512], 64, budget, host_bytes=host)
+    if bounded.chain_store == "host":
+        assert bounded.batch == auto.batch - 1 and bounded.limit == "host memory"
+        assert bounded.host_need <= host
+    # Little host memory: the chains cannot go there, so they stay on the device.
+    tight = plan_memory(phi, "bfloat16", PAPER_POWER, [512], 64, budget, host_bytes=10 * GIB)
+    assert (tight.chain_store, tight.batch) == ("device", on_device.batch)
+    # When the requested batch fits with chains on the device, they stay there.
+    small = plan_memory(qwen, "bfloat16", PAPER_POWER, [512], 64, budget)
+    assert (small.chain_store, small.batch) == ("device", 64)
+    assert small.reason == "the requested batch fits" and small.limit == "requested"
+    # On a CPU the host is the device: nothing to gain by moving caches.
+    cpu = plan_memory(phi, "bfloat16", PAPER_POWER, [512], 64, budget, device_type="cpu")
+    assert (cpu.chain_store, cpu.batch) == ("device", on_device.batch)
+
+
+def test_temperature_sampling_keeps_one_growing_cache(phi):
+    plan = plan_memory(phi, "bfloat16", PAPER_BASE, [300, 512], 64, 80 * GIB)
+    assert plan.chain_store is None and plan.items.buffer == 0
+    assert plan.items.kv_cache == plan.batch * (512 + 3072) * 393_216
+    assert plan.items.cache_transient == plan.items.kv_cache // 32  # one layer's copy
+    assert plan.batch < 64 and not fits(plan.shape, plan.batch + 1, None, 80 * GIB)
+    assert plan_memory(phi, "bfloat16", PAPER_BASE, [512], 64, None).batch == 64
+
+
+def test_a_device_too_small_for_the_weights_is_refused_with_the_numbers(qwen):
+    with pytest.raises(UserError) as err:
+        plan_memory(qwen, "bfloat16", PAPER_BASE, [512], 64, 8 * GIB, name="qwen2.5-7b / base")
+    message = str(err.value)
+    for number in ["14.2 GiB", "7,615,616,512", "56.0 KiB", "8.0 GiB", "512", "3072"]:
+        assert number in message
+    # Float32 doubles the weights: 28.4 GiB.
+    with pytest.raises(UserError, match=r"28\.4 GiB"):
+        plan_memory(qwen, "float32", PAPER_BASE, [512], 1, 20 * GIB)
+
+
+def test_describe_gives_every_item_in_gib(phi):
+    plan = plan_memory(phi, "bfloat16", PAPER_POWER, [512], 64, 80 * GIB)
+    text = plan.describe()
+    assert f"batch {plan.batch} of 64 requested, prompt and chain caches on the host" in text
+    assert "384.0 KiB" in text and "3,821,079,552 parameters" in text
+    assert f"peak                {plan.peak / GIB:.1f} GiB" in text
+    for label in ["weights", "rolling KV buffer", "host caches", "prefill phase", "why:"]:
+        assert label in text
+    assert all(re.fullmatch(r"\d+\.\d", g) for g in re.findall(r"([\d.]+) GiB", text))
+
+
+# ------------------------------------------------------------------ against real tensors
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_plan_matches_a_real_rolling_decoder_and_model(dtype):
+    model = tiny_model(seed=0).to(dtype)
+    engine = DecodingEngine(model, eos_token_ids=[EOS_ID], pad_token_id=PAD_ID)
+    prompts, new_tokens, slots = [7, 5, 3], 9, 3
+    decoder = RollingDecoder(engine, slots=slots, max_len=max(prompts) + new_tokens)
+    method = {"sampler": "power", "max_new_tokens": new_tokens, "block_size": 4}
+    plan = plan_memory(model.config, dtype, method, prompts, slots, None, device_type="cpu")
+    assert plan.batch == slots
+    assert plan.items.buffer == decoder.cache.buf.nbytes
+    assert plan.items.weights == sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_kv_bytes_per_token_match_a_real_cache():
+    model = tiny_model(seed=0)
+    engine = DecodingEngine(model, eos_token_ids=[EOS_ID], pad_token_id=PAD_ID)
+    ids, attn = engine.left_pad([[3, 4, 5, 6, 7], [8, 9]])
+    _, cache = engine.prefill(ids, attn)
+    held = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert held == 2 * 5 * kv_bytes_per_token(model.config, torch.float32)
+
+
+# ------------------------------------------------------------------ devices and configs
+
+
+def test_meminfo_available_and_cuda_free_memory(monkeypatch):
+    text = "MemTotal:       16318412 kB\nMemFree: 1 kB\nMemAvailable:    8000000 kB\n"
+    assert memory.meminfo_available(text) == 8_000_000 * 1024
+    assert memory.meminfo_available("MemTotal: 1 kB\n") is None
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * GIB, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
+    free, note = memory.device_memory("cuda")
+    assert free == 70 * GIB and "a GPU" in note and "80.0 GiB" in note
+
+
+def test_plan_config_of_the_toy_world_and_the_paper(capsys):
+    toy = load_config(ROOT / "config" / "config.yaml", SCHEMA)
+    jobs = plan_config(toy, None)
+    assert jobs and all(j.plan is not None and j.plan.batch == 64 for j in jobs)
+
+    argv = ["--configfile", str(ROOT / "config" / "paper.yaml"), "--gpu-gib", "80"]
+    assert memory.main([*argv, "--schema", str(SCHEMA)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {tuple(line.split()[:2]): line.split() for line in lines[2:] if line.strip()}
+    models = ["qwen2.5-math-7b", "qwen2.5-7b", "phi-3.5-mini-instruct"]
+    assert set(rows) == {(m, k) for m in models for k in ["base", "low_temperature", "power"]}
+    assert rows[("qwen2.5-7b", "base")][2] == "64/64"
+    phi_power = rows[("phi-3.5-mini-instruct", "power")]
+    assert int(phi_power[2].split("/")[0]) < 64 and float(phi_power[3]) <= 80
+
+
+def test_plan_generation_reads_a_local_model_config(tmp_path):
+    model = tiny_model(seed=0)
+    model.config.save_pretrained(tmp_path)  # config.json only: the plan needs no weights
+    method = {"sampler": "temperature", "T": 0.5, "max_new_tokens": 20}
+    plan = memory.plan_generation(
+        str(tmp_path), method, [[3, 4, 5], [6]], 8, device="cpu", device_bytes=4 * GIB
+    )
+    assert (plan.batch, plan.chain_store, plan.device_note) == (8, None, "given")
+    assert plan.shape.dtype == torch.float32  # dtype auto on a CPU
+    assert plan.items.kv_cache == 8 * (3 + 20) * kv_bytes_per_token(model.config, torch.float32)
+    unknown = plan_memory(model.config, "float32", method, [3], 2, None, device_type="cpu")
+    assert unknown.batch == 2 and "unlimited" in unknown.reason
+    with pytest.raises(UserError, match="cannot read the config"):
+        memory.model_config(str(tmp_path / "missing"))
