@@ -27,6 +27,7 @@ from powersampling.grading.code import (
     grade_code_many,
     landlock_abi,
     sandbox_report,
+    truncate_at_dedent,
     truncate_at_stops,
 )
 from powersampling.grading.sandbox_supervisor import MAX_LINE, ProtocolError, decode, encode
@@ -122,6 +123,56 @@ def test_extract_code_and_build_program():
     # The code process gets the prompt and the completion, never the tests.
     assert program == ROW["prompt"] + GOOD + "\n"
     assert "check" not in program and "assert" not in program
+
+
+# A raw body, then what a model may write after it at the top level: none of it is code
+# of the body, and none of it starts with a Codex stop sequence.
+AFTER_THE_BODY = {
+    "prose": "This function returns the sum of a and b.\n",
+    "prose after a blank line": "\nExplanation: `a + b` is the sum; it's that simple.\n",
+    "a stray closing fence": "```\nThis function works by adding its arguments.\n",
+    "a top-level statement": "assert add(2, 3) == 6, 'the body ran on'\n",
+}
+
+
+@pytest.mark.parametrize("tail", AFTER_THE_BODY.values(), ids=AFTER_THE_BODY.keys())
+def test_a_raw_body_ends_at_its_first_unindented_line(tail):
+    code, whole_ = extract_code(GOOD + tail, "add")
+    assert not whole_ and code.rstrip("\n") == GOOD.rstrip("\n")  # blank lines aside
+    good = run(GOOD + tail)
+    assert good.correct and good.extracted == code, good
+    # The cut keeps the body as written: wrong code in it still fails the tests.
+    assert_wrong(run("    return a - b\n" + tail), "AssertionError")
+
+
+def test_nested_blocks_and_blank_lines_stay_in_the_body():
+    body = (
+        "    total = 0\n"
+        "    for x in (a, b):\n"
+        "\n"  # blank, unindented: ends nothing
+        "        if x:\n"
+        "            total += (x\n"
+        "  + 0)\n"  # indented less than the body, in brackets: still part of it
+        "    \t\n"
+        "    return total\n"
+    )
+    assert extract_code(body + "\nThe loop adds each argument.\n", "add") == (body, False)
+    grade = run(body + "\nThe loop adds each argument.\n")
+    assert grade.correct and grade.extracted == body, grade
+    assert truncate_at_dedent(body) == body
+    assert truncate_at_dedent("    return 1\n\n\nfoo\n    bar") == "    return 1\n\n"
+
+
+def test_fenced_and_whole_function_answers_are_not_cut_as_bodies():
+    # A fenced block defining the entry point still wins over a body before it.
+    fenced = "def add(a, b):\n    return a - b\n"
+    assert extract_code(GOOD + whole(fenced), "add") == (fenced, True)
+    # An indented fence opens a block; it does not start a body.
+    code = extract_code("  ```python\n    return a + b\n  ```\nDone.", "add")
+    assert code == (GOOD + "  ", False)
+    # An unfenced whole function is kept as it is, prose and all.
+    text = "def add(a, b):\n    return a + b\nThat is all.\n"
+    assert extract_code(text, "add") == (text, True)
 
 
 def test_tests_calling_the_entry_point_by_name_and_prompt_helpers(humaneval_rows):
