@@ -216,7 +216,9 @@ def test_gpqa_shuffle_is_seeded_and_tracks_the_correct_letter():
         }
         prompt = task.prompt(row)
         assert row["question"] in prompt and f"{row['answer']}) {row['answer_text']}" in prompt
-        assert "\\boxed{}" in prompt
+        assert prompt.startswith("Answer the following multiple choice question.")
+        assert "'\\boxed{$LETTER}' (without quotes)" in prompt
+        assert prompt.endswith(f"D) {row['option_D']}")
         assert task.grade(f"Reasoning...\n\\boxed{{{row['answer']}}}", row).correct
         wrong = next(k for k in "ABCD" if k != row["answer"])
         assert not task.grade(f"\\boxed{{{wrong}}}", row).correct
@@ -306,7 +308,7 @@ def test_end_to_end_prompts_and_reference_grading(math500_json, humaneval_source
     for row in rows:
         raw = math.prompt(row)
         assert raw.startswith("Can you solve the following math problem? " + row["question"])
-        assert raw.endswith("put your final answer within \\boxed{}.")
+        assert raw.endswith("put your final answer within \\boxed{{}}.")  # as published
         chat = math.prompt(row, tokenizer, chat_template=True)
         assert raw in chat and chat != raw
         assert len(tokenizer(chat)["input_ids"]) > len(row["question"])
@@ -318,8 +320,36 @@ def test_end_to_end_prompts_and_reference_grading(math500_json, humaneval_source
     rows = code.load().to_dict("records")
     for row in rows:
         assert code.prompt(row) == row["prompt"]
-        assert row["prompt"] in code.prompt(row, tokenizer, chat_template=True)
+        assert code.prompt(row, instruct=True).endswith(row["prompt"])
+        assert code.prompt(row, instruct=True) in code.prompt(row, tokenizer, chat_template=True)
     assert all(g.correct for g in code.grade_many([r["answer"] for r in rows], rows))
+    # A chat answer: the whole function, signature included, in a code block.
+    fenced = [f"Here it is:\n```python\n{r['prompt']}{r['answer']}```\nDone." for r in rows]
+    assert all(g.correct for g in code.grade_many(fenced, rows))
     assert not code.grade("    return None\n", rows[0]).correct
     with pytest.raises(UserError, match="chat template"):
         code.prompt(rows[0], None, chat_template=True)
+
+
+def test_humaneval_instruct_prompts_for_every_problem(humaneval_source):
+    """The instruction wording renders for all 164 problems (the published runs needed a
+    signature and a docstring in each), and HumanEval/0 reads exactly as published."""
+    code = get_task("h", {"kind": "humaneval", "source": humaneval_source})
+    rows = code.load().to_dict("records")
+    assert len(rows) == 164
+    for row in rows:
+        prompt = code.prompt(row, instruct=True)
+        assert prompt.startswith(f"Write a Python function `{row['entry_point']}(")
+        assert prompt.endswith(row["prompt"])
+    first = rows[0]
+    assert code.prompt(first, instruct=True) == (
+        "Write a Python function `has_close_elements(numbers: List[float], threshold: float) "
+        "-> bool` to solve the following problem:\n"
+        "Check if in given list of numbers, are any two numbers closer to each other than\n"
+        "given threshold.\n"
+        ">>> has_close_elements([1.0, 2.0, 3.0], 0.5)\n"
+        "False\n"
+        ">>> has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)\n"
+        "True\n"
+        "\n" + first["prompt"]
+    )

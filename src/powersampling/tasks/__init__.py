@@ -5,9 +5,10 @@ frame with one row per problem, builds the prompt a model sees for a row, and gr
 completion against that row. The workflow only ever talks to :class:`Task`.
 
 Layout: :mod:`~powersampling.tasks.base` holds :class:`Task`,
-:mod:`~powersampling.tasks.prompts` the prompt rendering the tasks share, and one module
-per benchmark holds its task class. The graders live in :mod:`powersampling.grading`,
-which knows nothing about tasks.
+:mod:`~powersampling.tasks.prompts` the prompt rendering the tasks share and
+:func:`~powersampling.tasks.prompts.uses_chat_template` (which tasks of a model get its chat
+template), and one module per benchmark holds its task class and prompt. The graders live
+in :mod:`powersampling.grading`, which knows nothing about tasks.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """AlpacaEval 2.0: 805 open-ended instructions, judged later by an LLM judge.
 
+The prompt is the instruction itself, raw for every model as in the power-sampling paper's
+runs; with the chat template (no published run used one) it is one user turn.
+
 Nothing is graded here: :meth:`AlpacaTask.grade` returns a ``grader="none"`` verdict, and
 :func:`export_alpaca_eval` writes generations in the JSON format ``alpaca_eval`` reads,
 for a separately configured judge run (which needs an API key and is never started by
@@ -34,7 +37,13 @@ class AlpacaTask(Task):
     def load(self) -> pd.DataFrame:
         return load_task_frame(self)
 
-    def prompt(self, row: dict[str, Any], tokenizer=None, chat_template: bool = False) -> str:
+    def prompt(
+        self,
+        row: dict[str, Any],
+        tokenizer=None,
+        chat_template: bool = False,
+        instruct: bool = False,
+    ) -> str:
         return render_prompt(row["question"], tokenizer, chat_template)
 
     def grade(self, completion: str, row: dict[str, Any]) -> Grade:

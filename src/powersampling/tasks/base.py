@@ -38,8 +38,21 @@ class Task(ABC):
         """One row per problem: ``problem_id`` (str, stable), ``question``, ``answer`` (str)."""
 
     @abstractmethod
-    def prompt(self, row: dict[str, Any], tokenizer=None, chat_template: bool = False) -> str:
-        """The text the model is given for ``row``."""
+    def prompt(
+        self,
+        row: dict[str, Any],
+        tokenizer=None,
+        chat_template: bool = False,
+        instruct: bool = False,
+    ) -> str:
+        """The text the model is given for ``row``.
+
+        ``chat_template``: wrap the text in the tokenizer's chat template (see
+        :func:`~powersampling.tasks.prompts.uses_chat_template` for which tasks of a model
+        get it). ``instruct``: the model is instruction-tuned; benchmarks whose published
+        setup words the raw prompt differently for such models (HumanEval) use that wording,
+        the others ignore it.
+        """
 
     @abstractmethod
     def grade(self, completion: str, row: dict[str, Any]) -> Grade:

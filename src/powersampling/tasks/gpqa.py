@@ -1,7 +1,14 @@
 """GPQA Diamond: 198 four-way multiple-choice science questions.
 
-The options are shuffled per problem by a seeded RNG (``derive_seed(seed, problem_id)``),
-so a prompt never depends on row order, and the row records the correct letter.
+The prompt is the power-sampling paper's query template, raw for every model in its runs:
+an instruction to end with ``\\boxed{LETTER}``, the question, and the options lettered
+``A)`` to ``D)``, one per line. The grader reads the letter from the last ``\\boxed{}``.
+
+The published runs put the correct answer at a uniformly random position among the
+shuffled wrong ones (a uniformly random order of the four), drawn from an unseeded stream.
+Here the order is a uniformly random permutation drawn per problem from the task's seed
+(``derive_seed(seed, "gpqa-options", problem_id)``): the same distribution, but
+reproducible and independent of row order. The row records the correct letter.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from powersampling.tasks.base import Task
 from powersampling.tasks.prompts import render_prompt
 
 GPQA_PROMPT = (
+    "Answer the following multiple choice question. The last line of your response should "
+    "be of the following format: '\\boxed{{$LETTER}}' (without quotes) where LETTER is one "
+    "of ABCD (ex. '\\boxed{{A}}'). Think step by step before answering.\n\n"
     "{question}\n\n"
-    "A) {A}\nB) {B}\nC) {C}\nD) {D}\n\n"
-    "Think step by step, then give the letter of your final answer (A, B, C or D) "
-    "within \\boxed{{}} on the last line."
+    "A) {A}\nB) {B}\nC) {C}\nD) {D}"
 )
 
 
@@ -54,7 +62,13 @@ class GPQATask(Task):
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def prompt(self, row: dict[str, Any], tokenizer=None, chat_template: bool = False) -> str:
+    def prompt(
+        self,
+        row: dict[str, Any],
+        tokenizer=None,
+        chat_template: bool = False,
+        instruct: bool = False,
+    ) -> str:
         options = {k: row[f"option_{k}"] for k in LETTERS}
         text = GPQA_PROMPT.format(question=row["question"], **options)
         return render_prompt(text, tokenizer, chat_template)

@@ -1,7 +1,10 @@
 """MATH-500: competition maths, graded by the last ``\\boxed{}`` answer.
 
-Prompt as in the power-sampling paper's setup; for chat models the same text goes in a
-user turn of the model's chat template.
+The prompt is the power-sampling paper's, character for character: the problem between a
+fixed opening and a chain-of-thought instruction. Its ``\\boxed{{}}`` keeps the doubled
+braces the published runs showed the models (their code appends the instruction without
+formatting it), so that results compare with the paper's. With the chat template the same
+text is one user turn, as the paper's runs of Phi-3.5-mini-instruct had it.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from powersampling.grading import Grade, grade_math, grade_math_many
 from powersampling.tasks.base import Task
 from powersampling.tasks.prompts import render_prompt
 
-MATH_PROMPT = (
-    "Can you solve the following math problem? {problem} Please reason step by step, "
-    "and put your final answer within \\boxed{{}}."
-)
+MATH_OPENING = "Can you solve the following math problem? "
+# Appended verbatim (never passed through str.format): the doubled braces are published text.
+MATH_INSTRUCTION = " Please reason step by step, and put your final answer within \\boxed{{}}."
+
+
+def math_prompt_text(question: str) -> str:
+    """The published MATH prompt for ``question``, before any chat template."""
+    return MATH_OPENING + question + MATH_INSTRUCTION
 
 
 class Math500Task(Task):
@@ -36,8 +43,14 @@ class Math500Task(Task):
     def load(self) -> pd.DataFrame:
         return load_task_frame(self)
 
-    def prompt(self, row: dict[str, Any], tokenizer=None, chat_template: bool = False) -> str:
-        return render_prompt(MATH_PROMPT.format(problem=row["question"]), tokenizer, chat_template)
+    def prompt(
+        self,
+        row: dict[str, Any],
+        tokenizer=None,
+        chat_template: bool = False,
+        instruct: bool = False,
+    ) -> str:
+        return render_prompt(math_prompt_text(row["question"]), tokenizer, chat_template)
 
     def grade(self, completion: str, row: dict[str, Any]) -> Grade:
         return grade_math(completion, row["answer"], timeout_s=self.config.get("timeout_s", 5))

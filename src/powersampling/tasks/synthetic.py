@@ -46,7 +46,13 @@ class SyntheticTask(Task):
             return pd.read_parquet(self.config["data_path"]).head(self.size)
         return generate_problems(self.size, seed=self.seed, **self.generator)
 
-    def prompt(self, row: dict[str, Any], tokenizer=None, chat_template: bool = False) -> str:
+    def prompt(
+        self,
+        row: dict[str, Any],
+        tokenizer=None,
+        chat_template: bool = False,
+        instruct: bool = False,
+    ) -> str:
         if not chat_template:
             return format_prompt(row["question"])
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
