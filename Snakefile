@@ -38,6 +38,9 @@ include: "rules/report.smk"
 localrules:
     all,
     config_snapshot,
+    # These need the hub: run where Snakemake runs (a login node reaches it).
+    download_dataset,
+    download_model,
     export_alpaca_eval,
     judge_alpaca_eval,  # calls a web API: compute nodes often have no internet
     plot,

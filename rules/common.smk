@@ -4,7 +4,9 @@ import re
 import sys
 
 from powersampling.config import (
+    REHEARSAL_SOURCE,
     TOY_SOURCE,
+    BUILT_SOURCES,
     Run,
     shard_rows,
     n_shards,
@@ -16,6 +18,7 @@ from powersampling.config import (
 )
 from powersampling.errors import UserError
 from powersampling.seeding import derive_seed
+from powersampling.sources import is_local_path
 
 # A bad config stops here, before any job runs, with one line per problem.
 try:
@@ -51,8 +54,17 @@ def tasks_of_kind(synthetic):
     ]
 
 
-def toy_models():
-    return [n for n, m in config["models"].items() if m["source"] == TOY_SOURCE]
+def models_with_source(source):
+    return [n for n, m in config["models"].items() if m["source"] == source]
+
+
+def hub_models():
+    """Models read from the hub: staged into model_cache by rule download_model."""
+    return [
+        name
+        for name, model in config["models"].items()
+        if model["source"] not in BUILT_SOURCES and not is_local_path(model["source"])
+    ]
 
 
 def shard_paths(stage, runs=None):
@@ -74,9 +86,13 @@ def shard_paths(stage, runs=None):
 
 
 def model_inputs(wildcards):
-    """A toy model is built by the workflow; other models are read from their source."""
-    if config["models"][wildcards.model]["source"] == TOY_SOURCE:
+    """The model folder a generation job reads: built by the workflow (toy, rehearsal),
+    staged from the hub (download_model), or a local folder named in the config."""
+    source = config["models"][wildcards.model]["source"]
+    if source in BUILT_SOURCES:
         return {"model": f"results/models/{wildcards.model}"}
+    if wildcards.model in hub_models():
+        return {"model": f"{config['model_cache']}/{wildcards.model}"}
     return {}
 
 

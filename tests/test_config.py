@@ -82,6 +82,31 @@ def _error_for(mutate) -> str:
             lambda c: c["models"]["toy"].update(source="./no/such/dir"),
             "models.toy.source: no model directory",
         ),
+        (
+            lambda c: c["models"].update(r={"source": "rehearsal"}),
+            "models.r.rehearsal: a rehearsal model needs an architecture (one of ",
+        ),
+        (
+            lambda c: c["models"].update(
+                r={"source": "rehearsal", "rehearsal": {"architecture": "gpt-5"}}
+            ),
+            "models.r.rehearsal.architecture: unknown 'gpt-5' (known: qwen2.5-math-1.5b, ",
+        ),
+        (
+            lambda c: c["models"].update(
+                hub={"source": "org/name", "rehearsal": {"architecture": "qwen2.5-7b"}}
+            ),
+            "models.hub.rehearsal: only models with source 'rehearsal' take it",
+        ),
+        (
+            lambda c: c["models"]["toy"].update(chat_template=["arithmetic", "math"]),
+            "models.toy.chat_template: 'math' is not a task of this config",
+        ),
+        (
+            lambda c: c["models"]["toy"].update(chat_template="yes"),
+            "models.toy.chat_template",
+        ),
+        (lambda c: c.update(model_cache=""), "model_cache"),
     ],
 )
 def test_bad_configs_name_the_key(mutate, expected):
@@ -159,3 +184,42 @@ def test_a_budget_is_checked_against_a_local_models_config(tmp_path):
     config["methods"]["greedy"]["max_new_tokens"] = 10**9
     config["experiments"] = config["experiments"][-1:]
     validate_config(config, SCHEMA)
+
+
+def test_paper_config_samples_and_prompts_as_the_published_runs_did():
+    """generate() without top_k samples from the top 50 tokens; Phi-3.5 got the chat
+    template for MATH500 only and HumanEval's instruct wording."""
+    config = load_config(ROOT / "config" / "paper.yaml", SCHEMA)
+    methods = config["methods"]
+    assert methods["base"]["top_k"] == methods["low_temperature"]["top_k"] == 50
+    assert methods["power"]["proposal_top_k"] == 50
+    phi = config["models"]["phi-3.5-mini-instruct"]
+    assert phi["chat_template"] == ["math500"] and phi["instruct"] is True
+    for name in ["qwen2.5-math-7b", "qwen2.5-7b"]:
+        model = config["models"][name]
+        assert model["chat_template"] is False and model["instruct"] is False
+
+
+def test_rehearsal_config_has_the_paper_configs_structure():
+    paper = load_config(ROOT / "config" / "paper.yaml", SCHEMA)
+    rehearsal = load_config(ROOT / "config" / "rehearsal.yaml", SCHEMA)
+    assert rehearsal["tasks"].keys() == paper["tasks"].keys()
+    assert rehearsal["models"].keys() == paper["models"].keys()
+    assert rehearsal["methods"].keys() == paper["methods"].keys()
+    for name, method in paper["methods"].items():
+        kept = {
+            k: v
+            for k, v in method.items()
+            if k not in ("max_new_tokens", "block_size", "mcmc_steps")
+        }
+        assert kept.items() <= rehearsal["methods"][name].items(), name
+    for name, model in paper["models"].items():
+        built = rehearsal["models"][name]
+        assert built["rehearsal"]["architecture"] == name
+        assert (built["chat_template"], built["instruct"]) == (
+            model["chat_template"],
+            model["instruct"],
+        )
+    assert [e["tasks"] for e in rehearsal["experiments"]] == [
+        e["tasks"] for e in paper["experiments"]
+    ]

@@ -23,7 +23,7 @@ class SumTask(Task):
     def load(self) -> pd.DataFrame:
         raise NotImplementedError
 
-    def prompt(self, row, tokenizer=None, chat_template=False) -> str:
+    def prompt(self, row, tokenizer=None, chat_template=False, instruct=False) -> str:
         return f"{row['question']}="
 
     def grade(self, completion, row) -> Grade:
@@ -103,11 +103,79 @@ def test_empty_shard_is_a_user_error(model, tokenizer):
         )  # fmt: skip
 
 
-def test_too_long_prompt_names_the_problem(model, tokenizer):
+@pytest.mark.parametrize("sampler", ["greedy", "power"])
+def test_a_long_prompt_gets_the_budget_its_context_leaves(model, tokenizer, sampler):
+    """57 prompt tokens + 8 new tokens > 64 positions: that row gets 7, the others 8."""
     problems = PROBLEMS.copy()
-    problems.loc[3, "question"] = "1+" * 28  # 57 prompt tokens + 8 new > 64 positions
-    with pytest.raises(UserError, match="problem p3 of task sums: prompt of 57 tokens"):
+    problems.loc[3, "question"] = "1+" * 28
+    method = {"sampler": sampler, "max_new_tokens": 8}
+    if sampler == "power":
+        method.update(alpha=2.0, block_size=3, mcmc_steps=2)
+    frame = generate_shard(
+        model, tokenizer, SumTask("sums", {}), problems,
+        method_name=sampler, method=method, **RUN,
+    )  # fmt: skip
+    assert frame.loc[3, "n_prompt_tokens"] == 57
+    assert frame["token_budget"].tolist() == [8, 8, 8, 7] + [8] * (len(problems) - 4)
+    assert (frame["n_new_tokens"] <= frame["token_budget"]).all()
+    assert frame.loc[3, "n_prompt_tokens"] + frame.loc[3, "n_new_tokens"] <= 64
+
+
+def test_a_prompt_that_leaves_no_room_names_the_problem(model, tokenizer):
+    problems = PROBLEMS.copy()
+    problems.loc[3, "question"] = "1+" * 32  # 65 prompt tokens > 64 positions
+    with pytest.raises(UserError, match="problem p3 of task sums: the prompt of 65 tokens"):
         generate_shard(
             model, tokenizer, SumTask("sums", {}), problems,
             method_name="greedy", method={"sampler": "greedy", "max_new_tokens": 8}, **RUN,
         )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@pytest.fixture(scope="module")
+def job_inputs(tmp_path_factory):
+    """A toy-shaped model folder and a synthetic task's data file, as the workflow has them."""
+    from powersampling.pipeline import synthetic_data
+    from powersampling.toy.model import build_toy_model, toy_model_config
+    from powersampling.toy.tokenizer import VOCAB_SIZE, build_char_tokenizer
+
+    root = tmp_path_factory.mktemp("job")
+    shape = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    build_toy_model(toy_model_config(VOCAB_SIZE, **shape), seed=0).save_pretrained(root / "m")
+    build_char_tokenizer().save_pretrained(root / "m")
+    task = {"kind": "synthetic", "limit": 4, "generator": {"kinds": ["arithmetic"]}}
+    synthetic_data("sums", task, seed=0, out_path=root / "sums.parquet")
+    return root, task
+
+
+def run_job(job_inputs, tmp_path, generation, log):
+    from powersampling.pipeline import generate
+
+    root, task = job_inputs
+    return generate(
+        data_path=root / "sums.parquet", model_name="m", model={"source": "toy"},
+        model_dir=str(root / "m"), task_name="sums", task=task, task_seed=0,
+        method_name="power", method={"sampler": "power", "max_new_tokens": 4, "block_size": 2},
+        seed=0, shard=0, rows=(0, 4), generation=generation, device="cpu", threads=1,
+        out_path=tmp_path / "out.parquet", log=log,
+    )  # fmt: skip
+
+
+def test_the_job_prints_its_memory_plan_and_decodes_the_batch_it_allows(job_inputs, tmp_path):
+    lines = []
+    frame = run_job(job_inputs, tmp_path, {"batch_size": 3, "progress": False}, lines.append)
+    plan = next(line for line in lines if line.startswith("memory plan for m / power"))
+    assert "batch 3 of 3 requested" in plan and "rolling KV buffer" in plan
+    assert len(frame) == 4 and (tmp_path / "out.parquet").exists()
+
+
+def test_the_job_refuses_a_device_too_small_before_loading_weights(job_inputs, tmp_path):
+    lines = []
+    with pytest.raises(
+        UserError, match=r"m / power: not even one row fits on the device: the weights take"
+    ):
+        run_job(job_inputs, tmp_path, {"batch_size": 3, "device_memory_gib": 1e-5}, lines.append)
+    assert not any("loading model" in line for line in lines)
+    assert not (tmp_path / "out.parquet").exists()

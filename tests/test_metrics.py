@@ -279,3 +279,21 @@ def test_sampler_trace_table_without_traces_is_empty():
     for frame in [none, none.drop(columns="sampler_trace")]:
         table = sampler_trace_table(frame)
         assert table.empty and list(table.columns) == SAMPLER_TRACE_COLUMNS
+
+
+def test_budget_cuts_are_counted_against_each_methods_own_budget():
+    graded = make_graded(n_problems=4, seeds=(0,), models=("toy",))
+    methods = {
+        **METHODS,
+        "temp_0.7": {**METHODS["temp_0.7"], "max_new_tokens": 8},
+    }  # greedy and power keep their samplers' default budgets (3072)
+    budgets = {"greedy": [3072, 3072, 2000, 3072], "temp_0.7": [8, 5, 8, 8]}
+    budgets["power_a4"] = [3072, 1, 2, 3]
+    for method, values in budgets.items():
+        graded.loc[graded["method"] == method, "token_budget"] = values
+    table = accuracy_table(graded, methods, n_boot=100).set_index("method")
+    assert table.loc["greedy", "n_budget_cut"] == 1
+    assert table.loc["temp_0.7", "n_budget_cut"] == 1
+    assert table.loc["power_a4", "n_budget_cut"] == 3
+    # Rows that do not record a budget (older outputs) count no cuts.
+    assert (accuracy_table(make_graded(), METHODS, n_boot=100)["n_budget_cut"] == 0).all()

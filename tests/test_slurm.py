@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_helpers import copy_workflow, load_test_config
+from workflow_helpers import copy_workflow, load_rehearsal_config, load_test_config
 
 pytestmark = pytest.mark.slurm
 
@@ -516,3 +516,42 @@ def test_targeted_rerun_after_a_config_change_submits_only_affected_jobs(finishe
     remote, _ = planned_jobs(done.stdout + done.stderr)
     assert "collect_metrics" in remote
     assert not {"synthetic_data", "train_toy_model", "generate", "grade"} & set(remote)
+
+
+# --------------------------------------------------------------------------- rehearsal
+
+REHEARSAL_MODEL = "phi-3.5-mini-instruct"
+
+
+@pytest.fixture(scope="module")
+def rehearsal_run(finished_real_run, tmp_path_factory):
+    """config/rehearsal.yaml through the profile, after the toy run (they would share the
+    two cores). Its Phi-3.5 model only: the one with per-task chat templates and the
+    instruct wording, and the cheapest to decode on a CPU; tests/test_rehearsal_workflow.py
+    runs all three models without Slurm."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("slurm-rehearsal"))
+    profile = make_profile(workdir)
+    config = load_rehearsal_config()
+    config["models"] = {REHEARSAL_MODEL: config["models"][REHEARSAL_MODEL]}
+    config["experiments"][0]["models"] = [REHEARSAL_MODEL]
+    path = workdir / "config" / "rehearsal-slurm.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    rc, log = run_snakemake(workdir, profile, "--configfile", path, timeout=900)
+    assert rc == 0, log[-6000:]
+    return {"workdir": workdir, "text": log}
+
+
+def test_rehearsal_runs_every_remote_job_as_a_slurm_job(rehearsal_run):
+    log = rehearsal_run["text"]
+    remote, local = planned_jobs(log)
+    assert remote == Counter(
+        {"build_rehearsal_model": 1, "generate": 12, "grade": 12, "collect_metrics": 1}
+    )
+    assert {"download_dataset", "export_alpaca_eval"} <= set(local)
+    records = sacct(run_id(log), expected=sum(remote.values()))
+    assert Counter(r["rule"] for r in records) == remote
+    assert all(r["State"] == "COMPLETED" for r in records), records
+    for rule, args in sbatch_calls(log):
+        assert has_gpu_request(args) == (rule in GPU_RULES), (rule, args)
+    accuracy = rehearsal_run["workdir"] / "results" / "tables" / "accuracy.parquet"
+    assert accuracy.exists()

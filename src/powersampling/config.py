@@ -28,6 +28,9 @@ from powersampling.tasks import get_task
 from powersampling.toy.shape import toy_context_length
 
 TOY_SOURCE = "toy"
+REHEARSAL_SOURCE = "rehearsal"
+# Sources the workflow builds itself (rules train_toy_model, build_rehearsal_model).
+BUILT_SOURCES = (TOY_SOURCE, REHEARSAL_SOURCE)
 
 
 def _set_defaults(validator_class):
@@ -100,10 +103,7 @@ def _check_references(config: dict[str, Any]) -> list[str]:
                         f"'{section}' (defined: {known})"
                     )
     for name, model in config["models"].items():
-        source = model["source"]
-        if source != TOY_SOURCE and is_local_path(source):
-            if not Path(source).expanduser().is_dir():
-                problems.append(f"models.{name}.source: no model directory at {source}")
+        problems += _check_model(name, model, config["tasks"])
     for name, task in config["tasks"].items():
         if task["kind"] == "synthetic" and task.get("limit") is None:
             problems.append(f"tasks.{name}.limit: synthetic tasks need a number of problems")
@@ -115,12 +115,53 @@ def _check_references(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _check_model(name: str, model: dict[str, Any], tasks: dict[str, Any]) -> list[str]:
+    from powersampling.architectures import PUBLISHED_CONFIGS
+
+    problems = []
+    source = model["source"]
+    if source not in BUILT_SOURCES and is_local_path(source):
+        if not Path(source).expanduser().is_dir():
+            problems.append(f"models.{name}.source: no model directory at {source}")
+    rehearsal = model.get("rehearsal")
+    if source == REHEARSAL_SOURCE:
+        if rehearsal is None:
+            problems.append(
+                f"models.{name}.rehearsal: a rehearsal model needs an architecture "
+                f"(one of {', '.join(PUBLISHED_CONFIGS)})"
+            )
+        elif rehearsal["architecture"] not in PUBLISHED_CONFIGS:
+            problems.append(
+                f"models.{name}.rehearsal.architecture: unknown {rehearsal['architecture']!r} "
+                f"(known: {', '.join(PUBLISHED_CONFIGS)})"
+            )
+    elif rehearsal is not None:
+        problems.append(f"models.{name}.rehearsal: only models with source 'rehearsal' take it")
+    if source != TOY_SOURCE and "toy" in model:
+        problems.append(f"models.{name}.toy: only models with source 'toy' take it")
+    chat = model.get("chat_template")
+    if isinstance(chat, list):
+        for task in chat:
+            if task not in tasks:
+                problems.append(
+                    f"models.{name}.chat_template: {task!r} is not a task of this config "
+                    f"(tasks: {', '.join(sorted(tasks))})"
+                )
+    return problems
+
+
 def model_context(config: dict[str, Any], model: str) -> int | None:
     """The context length of ``model`` when it is known without loading it: the toy
-    model's from its shape, a local model's from its ``config.json``; else None (hub ids)."""
+    model's from its shape, a rehearsal model's from its published architecture, a local
+    model's from its ``config.json``; else None (hub ids)."""
     source = config["models"][model]["source"]
     if source == TOY_SOURCE:
         return toy_context_length(toy_settings(config, model))
+    if source == REHEARSAL_SOURCE:
+        from powersampling.architectures import PUBLISHED_CONFIGS
+
+        architecture = config["models"][model]["rehearsal"]["architecture"]
+        return PUBLISHED_CONFIGS[architecture]["max_position_embeddings"]
     if not is_local_path(source):
         return None
     try:

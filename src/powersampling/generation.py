@@ -44,14 +44,19 @@ def generate_shard(
     shard: int,
     batch_size: int = 32,
     chat_template: bool = False,
+    instruct: bool = False,
+    kv_store: str = "device",
     progress: bool = True,
     log=None,
 ) -> pd.DataFrame:
     """One completion per problem of the shard, as a frame with the generation schema's columns.
 
-    Prompts are ``task.prompt(row, tokenizer, chat_template)`` tokenised without adding special
-    tokens (a chat template already contains its own). Problems run in batches of
-    ``batch_size`` prompts through one :class:`DecodingEngine`.
+    Prompts are ``task.prompt(row, tokenizer, chat_template, instruct)``, tokenised as in
+    :func:`shard_prompts`. Problems run in batches of ``batch_size`` prompts through one
+    :class:`DecodingEngine` (at most ``batch_size`` rows per forward pass). Each row gets the
+    budget of new tokens its prompt leaves in the model's context (:func:`row_budgets`).
+    ``kv_store`` ("device" or "host") is where a sampler that keeps caches between
+    proposals (power sampling) keeps them; the generation job takes it from its memory plan.
 
     Randomness: one ``torch.Generator`` on the model's device, seeded with
     ``derive_seed(seed, task_name, model_name, method_name, shard)``, feeds every batch in
@@ -70,16 +75,18 @@ def generate_shard(
         raise UserError(f"batch_size must be >= 1 (got {batch_size})")
     sampler_name = method.get("sampler") if isinstance(method, dict) else None
 
-    rows, prompts, prompt_ids = shard_prompts(task, problems, tokenizer, chat_template)
+    rows, prompts, prompt_ids = shard_prompts(task, problems, tokenizer, chat_template, instruct)
 
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
-    engine = DecodingEngine(model, eos_token_ids=eos, pad_token_id=pad)
+    engine = DecodingEngine(model, eos_token_ids=eos, pad_token_id=pad, max_batch_size=batch_size)
     sampler = get_sampler(method, engine)  # validates the method's parameters
-    check_prompts_fit(
+    if hasattr(sampler, "kv_store"):  # samplers that keep caches between proposals
+        sampler.kv_store = kv_store
+    budgets = row_budgets(
         rows,
         prompt_ids,
-        sampler.params["max_new_tokens"],
+        sampler.params.get("max_new_tokens"),
         engine.max_positions,
         task_name=task_name,
         model_name=model_name,
@@ -95,7 +102,11 @@ def generate_shard(
         for start in range(0, len(rows), batch_size):
             batch = prompt_ids[start : start + batch_size]
             t0 = time.perf_counter()
-            results = sampler.sample(batch, generator)
+            batch_budgets = budgets[start : start + batch_size]
+            if None in batch_budgets:  # a sampler without a token budget
+                results = sampler.sample(batch, generator)
+            else:
+                results = sampler.sample(batch, generator, budgets=batch_budgets)
             elapsed = time.perf_counter() - t0
             decode_time_s += elapsed
             records.extend(results)
@@ -119,6 +130,7 @@ def generate_shard(
         tokenizer.decode(ids, skip_special_tokens=True) for ids in frame["completion_ids"]
     ]
     frame["n_prompt_tokens"] = [len(ids) for ids in prompt_ids]
+    frame["token_budget"] = budgets
     frame["shard_decode_time_s"] = decode_time_s
     if "chain_lifetime_s" not in frame:  # only samplers that run chains record it
         frame["chain_lifetime_s"] = float("nan")
@@ -126,36 +138,52 @@ def generate_shard(
 
 
 def shard_prompts(
-    task, problems: pd.DataFrame, tokenizer, chat_template: bool = False
+    task, problems: pd.DataFrame, tokenizer, chat_template: bool = False, instruct: bool = False
 ) -> tuple[list[dict], list[str], list[list[int]]]:
-    """The shard's rows, their prompts, and the prompts' token ids (no special tokens added:
-    a chat template already contains its own)."""
+    """The shard's rows, their prompts, and the prompts' token ids.
+
+    A raw prompt is tokenised as the model's tokenizer does by default (with the special
+    tokens it adds, e.g. a BOS token), which is also how published runs that call
+    ``tokenizer.encode`` fed it; a chat-templated prompt already contains its own.
+    """
     rows = problems.to_dict("records")
-    prompts = [task.prompt(row, tokenizer, chat_template) for row in rows]
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    return rows, prompts, prompt_ids
+    prompts = [task.prompt(row, tokenizer, chat_template, instruct) for row in rows]
+    encoded = tokenizer(prompts, add_special_tokens=not chat_template)["input_ids"]
+    return rows, prompts, [list(ids) for ids in encoded]
 
 
-def check_prompts_fit(
+def row_budgets(
     rows: list[dict],
     prompt_ids: list[list[int]],
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     context: int | None,
     *,
     task_name: str,
     model_name: str,
-) -> None:
-    """Every prompt is non-empty and leaves room for ``max_new_tokens`` in the context
-    (``None``: unknown, not checked); else a UserError naming the first problem that fails."""
+) -> list[int | None]:
+    """Each row's budget of new tokens: ``min(max_new_tokens, context - prompt length)``.
+
+    A long prompt gets the room its context leaves instead of failing the whole shard (the
+    row records its ``token_budget``; the accuracy table counts such rows). A prompt that is
+    empty or leaves no room for one new token is a UserError naming the first such problem.
+    ``context`` None (unknown) cuts nothing; a sampler without ``max_new_tokens`` gets None.
+    """
+    budgets = []
     for row, ids in zip(rows, prompt_ids, strict=True):
         if not ids:
             raise UserError(f"problem {row['problem_id']} of task {task_name}: the prompt is empty")
-        if context is not None and len(ids) + max_new_tokens > context:
+        if max_new_tokens is None:  # a sampler without a token budget
+            budgets.append(None)
+            continue
+        room = max_new_tokens if context is None else min(max_new_tokens, context - len(ids))
+        if room < 1:
             raise UserError(
-                f"problem {row['problem_id']} of task {task_name}: prompt of {len(ids)} tokens + "
-                f"max_new_tokens {max_new_tokens} exceeds {model_name}'s context of {context} "
-                "tokens"
+                f"problem {row['problem_id']} of task {task_name}: the prompt of {len(ids)} "
+                f"tokens leaves no room for a new token in {model_name}'s context of "
+                f"{context} tokens"
             )
+        budgets.append(room)
+    return budgets
 
 
 def _with_schema_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
@@ -170,6 +198,7 @@ def _with_schema_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     for name in ["shard_decode_time_s", "chain_lifetime_s"]:
         frame[name] = frame[name].astype("float64")
     # Power-sampling columns: nullable for samplers that leave them empty.
+    frame["token_budget"] = pd.array(frame["token_budget"], dtype="Int32")
     frame["acceptance_rate"] = pd.array(frame["acceptance_rate"], dtype="Float64")
     frame["proposals"] = pd.array(frame["proposals"], dtype="Int32")
     return frame

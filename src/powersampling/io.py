@@ -40,6 +40,9 @@ GENERATION_SCHEMA = pa.schema(
         ("completion_ids", pa.list_(pa.int32())),
         ("n_prompt_tokens", pa.int32()),
         ("n_new_tokens", pa.int32()),
+        # New tokens this row was allowed: the method's max_new_tokens, or less when the
+        # prompt left less room in the model's context (min(budget, context - prompt)).
+        ("token_budget", pa.int32()),
         ("finish_reason", pa.string()),  # "eos" | "length"
         ("logp_sum", pa.float64()),  # base model, T=1, full vocabulary
         ("mean_entropy", pa.float64()),  # nats, base model at T=1

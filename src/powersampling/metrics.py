@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from powersampling.errors import UserError
+from powersampling.samplers import method_params
 from powersampling.seeding import derive_seed
 from powersampling.stats import bootstrap_ci, pass_at_k_array
 
@@ -33,6 +34,7 @@ ACCURACY_COLUMNS = [
     "compliance_rate",
     "extraction_failure_rate",
     "mean_new_tokens",
+    "n_budget_cut",
     "mean_logp",
     "mean_tokens_decoded",
     "decode_time_s",
@@ -132,7 +134,8 @@ def accuracy_table(
     sampler; ``mean_chain_lifetime_s`` is the mean elapsed time of power-sampling chains,
     which overlap in a batch and so are no per-answer cost. Each group's bootstrap seed is
     ``derive_seed(seed, task, model, method)``, so a group's interval does not depend on
-    which other groups are in the table.
+    which other groups are in the table. ``n_budget_cut`` counts the rows whose prompt left
+    less than the method's ``max_new_tokens`` in the model's context (their ``token_budget``).
     """
     _check_graded(graded, [*GROUP, "problem_id", "correct"])
     methods = methods or {}
@@ -167,6 +170,7 @@ def accuracy_table(
                     math.nan if extracted is None else float(extracted.isna().mean())
                 ),
                 "mean_new_tokens": _mean(new_tokens),
+                "n_budget_cut": _n_budget_cut(rows, methods.get(method)),
                 "mean_logp": _mean(_column(rows, "logp_sum")),
                 "mean_tokens_decoded": _mean(_column(rows, "tokens_decoded").fillna(new_tokens)),
                 "decode_time_s": decode_time,
@@ -176,9 +180,33 @@ def accuracy_table(
             }
         )
     table = pd.DataFrame(out, columns=ACCURACY_COLUMNS)
-    for name in ["n_problems", "n_seeds", "n_samples"]:
+    for name in ["n_problems", "n_seeds", "n_samples", "n_budget_cut"]:
         table[name] = table[name].astype("int64")
     return table
+
+
+def _max_new_tokens(method: Mapping | None) -> int | None:
+    """A config method's token budget, its sampler's default filled in (None: unknown)."""
+    if not method:
+        return None
+    if "max_new_tokens" in method:
+        return method["max_new_tokens"]
+    try:
+        return method_params(method).get("max_new_tokens")
+    except UserError:  # not a complete method (e.g. a table of hand-made rows)
+        return None
+
+
+def _n_budget_cut(rows: pd.DataFrame, method: Mapping | None) -> int:
+    """Rows given fewer new tokens than the method's budget because the prompt left less
+    room in the model's context (0 when the rows do not record their budget)."""
+    budgets = _column(rows, "token_budget")
+    if budgets.isna().all():
+        return 0
+    full = _max_new_tokens(method)
+    if full is None:  # not in the config: the largest budget any row had
+        full = budgets.max()
+    return int((budgets < full).sum())
 
 
 def pass_at_k_table(graded: pd.DataFrame) -> pd.DataFrame:

@@ -7,12 +7,15 @@ world runs on a real model unchanged.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from powersampling import io
 from powersampling.errors import UserError
 from powersampling.sources import is_local_path
 
@@ -39,9 +42,12 @@ def load_model(
     dtype: str = "auto",
     device: str = "auto",
     local_files_only: bool | None = None,
+    tokenizer=None,
 ):
     """Return ``(model, tokenizer)``: the model in eval mode on ``device``, the tokenizer
-    padding on the left with a pad token (EOS when the tokenizer has none).
+    padding on the left with a pad token (EOS when the tokenizer has none). A ``tokenizer``
+    already loaded with :func:`load_tokenizer` is used as it is (a large vocabulary takes
+    seconds to load).
 
     ``dtype`` is one of auto, float32, bfloat16, float16. ``auto`` keeps the checkpoint's
     dtype on a GPU and uses float32 on a CPU, where half precision is slow and inexact.
@@ -56,7 +62,8 @@ def load_model(
     else:
         torch_dtype = DTYPES[dtype]
 
-    tokenizer = load_tokenizer(source, revision=revision, local_files_only=local_files_only)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(source, revision=revision, local_files_only=local_files_only)
     with _loading(source):
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, **_hub_kwargs(revision, local_files_only)
@@ -134,3 +141,95 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     if not ids:
         raise UserError("the model and tokenizer define no EOS token")
     return sorted(int(i) for i in ids)
+
+
+# --------------------------------------------------------------------------------------
+# Staging hub models
+
+# What a generation job needs from a hub repository: configs, safetensors weights and the
+# tokenizer. Pickled weights (*.bin, *.pth), other formats and the vendors' Python code are
+# left out: transformers has every architecture the configs name built in.
+MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+RECORD_FILE = "download.json"
+
+
+def download_model(
+    hub_id: str,
+    out_dir,
+    *,
+    revision: str | None = None,
+    resolve_commit: Callable[[str, str | None], str] | None = None,
+    fetch: Callable[..., object] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Stage a hub model into ``out_dir``: configs, safetensors weights, tokenizer.
+
+    ``revision`` (a commit, tag or branch; None: the default branch) is resolved to one
+    commit first and every file is fetched from that commit, so a branch that moves during
+    the download cannot mix two versions. The folder is written beside ``out_dir`` and
+    renamed when complete, with ``download.json`` recording the hub id, the revision asked
+    for, the commit fetched and every file's size. Returns that record.
+
+    ``resolve_commit(hub_id, revision) -> sha`` and ``fetch(repo_id=, revision=, local_dir=,
+    allow_patterns=)`` default to ``huggingface_hub``'s; tests pass local stand-ins.
+    """
+    if resolve_commit is None or fetch is None:
+        from huggingface_hub import HfApi, snapshot_download
+
+        resolve_commit = resolve_commit or (
+            lambda repo, rev: HfApi().model_info(repo, revision=rev).sha
+        )
+        fetch = fetch or snapshot_download
+    try:
+        commit = resolve_commit(hub_id, revision)
+    except Exception as err:  # hub errors come in many classes; the message is what matters
+        raise UserError(f"cannot resolve {hub_id}@{revision or 'default branch'}: {err}") from err
+    log(f"downloading {hub_id} at commit {commit} (asked for {revision or 'default branch'})")
+    with io.atomic_dir(out_dir) as work:
+        try:
+            fetch(
+                repo_id=hub_id,
+                revision=commit,
+                local_dir=str(work),
+                allow_patterns=MODEL_FILE_PATTERNS,
+            )
+        except Exception as err:
+            raise UserError(f"cannot download {hub_id}@{commit}: {err}") from err
+        _drop_hub_bookkeeping(work)
+        files = _check_model_files(hub_id, work)
+        record = {
+            "hub_id": hub_id,
+            "revision": revision,
+            "commit": commit,
+            "files": {name: (work / name).stat().st_size for name in files},
+        }
+        (work / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    total = sum(record["files"].values())
+    log(f"staged {len(files)} files ({total / 2**30:.2f} GiB) in {out_dir}")
+    return record
+
+
+def _drop_hub_bookkeeping(folder: Path) -> None:
+    """huggingface_hub keeps its own records in ``.cache/`` of a local_dir download."""
+    import shutil
+
+    shutil.rmtree(folder / ".cache", ignore_errors=True)
+
+
+def _check_model_files(hub_id: str, folder: Path) -> list[str]:
+    """The staged files, relative to ``folder``; refuses a folder without config, weights
+    or tokenizer (a repository without safetensors weights, a gated one, a dataset id...)."""
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    missing = []
+    if "config.json" not in files:
+        missing.append("config.json")
+    if not any(name.endswith(".safetensors") for name in files):
+        missing.append("safetensors weights")
+    tokenizer_files = {"tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"}
+    if not tokenizer_files & set(files):
+        missing.append("a tokenizer")
+    if missing:
+        raise UserError(
+            f"{hub_id} has no {', no '.join(missing)} (files: {', '.join(files) or 'none'})"
+        )
+    return files

@@ -27,6 +27,10 @@ def _no_log(message: str) -> None:
     pass
 
 
+def _gib_to_bytes(gib: float | None) -> int | None:
+    return None if gib is None else int(gib * 2**30)
+
+
 # --------------------------------------------------------------------------------------
 # Data
 
@@ -112,6 +116,31 @@ def train_toy_model(
     )
 
 
+def build_rehearsal_model(model: dict[str, Any], *, seed: int, out_dir, log: Log = _no_log) -> dict:
+    """A randomly initialised model of a published architecture, with its real tokenizer,
+    saved as a local model folder (read by generation exactly as a downloaded model is)."""
+    from powersampling.rehearsal import build_rehearsal_model as build
+
+    settings = model["rehearsal"]
+    log(f"building a rehearsal model of {settings['architecture']} with {settings}")
+    described = build(
+        settings["architecture"],
+        out_dir,
+        num_hidden_layers=settings.get("num_hidden_layers"),
+        seed=seed,
+        dtype=model.get("dtype", "auto"),
+    )
+    log(f"built {described}")
+    return described
+
+
+def download_model(source: str, *, revision: str | None, out_dir, log: Log = _no_log) -> dict:
+    """Stage the hub model ``source`` at one commit into ``out_dir`` (see models.download_model)."""
+    from powersampling.models import download_model as download
+
+    return download(source, out_dir, revision=revision, log=log)
+
+
 # --------------------------------------------------------------------------------------
 # Generation
 
@@ -138,14 +167,24 @@ def generate(
 ) -> pd.DataFrame:
     """Generate one shard: load the model once, decode all its problems in batches.
 
-    Every prompt is checked to fit the model's context with the method's token budget
-    before the weights are loaded, from the tokenizer and the model's config alone.
+    Before the weights are loaded, from the tokenizer and the model's config alone: every
+    prompt is checked to leave room for at least one new token in the model's context (rows
+    whose prompt leaves less than the method's budget get what fits; their number is
+    logged), and a memory plan (:mod:`powersampling.memory`) picks the largest batch that
+    fits the device, or refuses with the numbers. The plan is printed to the job's log.
     """
     import torch
 
-    from powersampling.generation import check_prompts_fit, generate_shard, shard_prompts
-    from powersampling.models import load_context_length, load_model, load_tokenizer
+    from powersampling.generation import generate_shard, row_budgets, shard_prompts
+    from powersampling.memory import plan_generation
+    from powersampling.models import (
+        load_context_length,
+        load_model,
+        load_tokenizer,
+        resolve_device,
+    )
     from powersampling.samplers import method_params
+    from powersampling.tasks.prompts import uses_chat_template
 
     torch.set_num_threads(threads)
     start, stop = rows
@@ -153,23 +192,46 @@ def generate(
     problems = task_obj.load().iloc[start:stop].reset_index(drop=True)
     if problems.empty:
         raise UserError(f"shard {shard} of task {task_name} has no problems (rows {start}-{stop})")
+    # A folder made by the workflow (toy, rehearsal, staged hub model) or named in the
+    # config: read locally, never from the hub.
     source = str(model_dir or model["source"])
-    revision = model.get("revision")
-    tokenizer = load_tokenizer(source, revision=revision)
-    chat_template = model.get("chat_template", False)
-    shard_rows, _, prompt_ids = shard_prompts(task_obj, problems, tokenizer, chat_template)
-    check_prompts_fit(
+    tokenizer = load_tokenizer(source, local_files_only=True)
+    chat_template = uses_chat_template(model.get("chat_template", False), task_name)
+    instruct = bool(model.get("instruct", False))
+    shard_rows, _, prompt_ids = shard_prompts(
+        task_obj, problems, tokenizer, chat_template, instruct
+    )
+    max_new_tokens = method_params(method).get("max_new_tokens")
+    budgets = row_budgets(
         shard_rows,
         prompt_ids,
-        method_params(method)["max_new_tokens"],
-        load_context_length(source, revision=revision),
+        max_new_tokens,
+        load_context_length(source, local_files_only=True),
         task_name=task_name,
         model_name=model_name,
     )
+    n_cut = sum(b is not None and b < max_new_tokens for b in budgets)
+    if n_cut:
+        log(
+            f"{n_cut} of {len(budgets)} prompts leave less than {max_new_tokens} new tokens "
+            f"in {model_name}'s context: those rows get the budget that fits (token_budget)"
+        )
+    dtype = model.get("dtype", "auto")
+    plan = plan_generation(
+        source,
+        method,
+        prompt_ids,
+        generation.get("batch_size", 32),
+        dtype=dtype,
+        device=resolve_device(device),
+        device_bytes=_gib_to_bytes(generation.get("device_memory_gib")),
+        name=f"{model_name} / {method_name}",
+    )
+    log(plan.describe())
     log(f"loading model {model_name} from {source}")
     began = time.perf_counter()
     lm, tokenizer = load_model(
-        source, revision=revision, dtype=model.get("dtype", "auto"), device=device
+        source, dtype=dtype, device=device, local_files_only=True, tokenizer=tokenizer
     )
     log(f"model loaded on {lm.device} in {time.perf_counter() - began:.1f} s")
     frame = generate_shard(
@@ -183,8 +245,10 @@ def generate(
         method=method,
         seed=seed,
         shard=shard,
-        batch_size=generation.get("batch_size", 32),
+        batch_size=plan.batch,
         chat_template=chat_template,
+        instruct=instruct,
+        kv_store=plan.chain_store or "device",
         progress=generation.get("progress", True),
         log=log,
     )

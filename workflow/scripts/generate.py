@@ -1,5 +1,11 @@
 """Generate completions for one shard: one model load, batched decoding."""
 
+import os
+
+# Models are read from local folders (staged by download_model): a compute node never
+# reaches for the hub, which may be slow, rate-limited or unreachable from there.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 from powersampling.logs import job_log
 from powersampling.pipeline import generate
 
