@@ -186,7 +186,8 @@ def test_config_values_override_the_default_config(tmp_path):
     snapshot = yaml.safe_load((workdir / "results/config.yaml").read_text())
     default = yaml.safe_load((workdir / "config/config.yaml").read_text())
     assert snapshot["seed"] == 3
-    assert snapshot["generation"] == {"batch_size": 8, "progress": True}  # progress: default
+    # Keys not given keep their defaults.
+    assert snapshot["generation"] == {"batch_size": 8, "progress": True, "device_memory_gib": None}
     assert snapshot["methods"] == default["methods"] and snapshot["tasks"].keys() == {
         *default["tasks"]
     }
