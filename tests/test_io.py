@@ -41,7 +41,13 @@ def test_atomic_dir_gets_the_mode_the_umask_gives_and_replaces(tmp_path, umask):
     target = tmp_path / "model"
     with io.atomic_dir(target) as work:
         (work / "weights").write_text("1")
-    assert mode(target) == 0o777 & ~umask
+        (work / "private").write_text("as save_pretrained writes safetensors")
+        os.chmod(work / "private", 0o600)
+        (work / "sub").mkdir(mode=0o700)
+        (work / "sub" / "inner").write_text("x")
+    assert mode(target) == mode(target / "sub") == 0o777 & ~umask
+    for name in ["weights", "private", "sub/inner"]:
+        assert mode(target / name) == 0o666 & ~umask, name
     with io.atomic_dir(target) as work:
         (work / "weights").write_text("2")
     assert (target / "weights").read_text() == "2"

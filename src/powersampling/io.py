@@ -124,13 +124,18 @@ def atomic_dir(path: str | os.PathLike):
     """Yield a temporary folder next to ``path``; it replaces ``path`` only on success.
 
     An existing ``path`` is moved aside first (a folder cannot be renamed onto a non-empty
-    one) and removed once the new one is in place.
+    one) and removed once the new one is in place. The folder and everything in it get the
+    umask's modes: some writers make their files private (``save_pretrained`` writes its
+    safetensors 0600), which would leave a model unreadable to the user's group.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        for inner in tmp.rglob("*"):
+            if not inner.is_symlink():
+                os.chmod(inner, default_mode(directory=inner.is_dir()))
         os.chmod(tmp, default_mode(directory=True))
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))

@@ -42,7 +42,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 
 from powersampling.architectures import PUBLISHED_CONFIGS, published_config
 from powersampling.errors import UserError
-from powersampling.io import atomic_dir, default_mode
+from powersampling.io import atomic_dir
 from powersampling.models import DTYPES
 from powersampling.seeding import derive_seed, torch_generator
 
@@ -542,8 +542,6 @@ def build_rehearsal_model(
         info["tokenizer_sha256"] = hashlib.sha256((tmp / "tokenizer.json").read_bytes()).hexdigest()
         info["seconds"] = round(time.perf_counter() - start, 1)
         (tmp / "rehearsal.json").write_text(json.dumps(info, indent=2) + "\n")
-        for path in tmp.iterdir():  # the weights are written private; give them the umask's mode
-            os.chmod(path, default_mode())
     return info
 
 
