@@ -14,3 +14,6 @@ class Grade:
     compliant: bool  # the completion is in the format the prompt asked for
     grader: str  # which grader produced the verdict
     error: str | None = None  # why extraction or grading failed, if it did
+    # Worked answers: how many steps of the reference chain the completion gets right, in
+    # order from the first (None for answers that are not graded step by step).
+    steps_correct: int | None = None
