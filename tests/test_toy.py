@@ -3,16 +3,26 @@
 import json
 import re
 import string
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoTokenizer
 
 from powersampling.errors import UserError
+from powersampling.grading.synthetic import format_solution, parse_solution
 from powersampling.models import load_model
 from powersampling.toy import train as toy_train
 from powersampling.toy.model import build_toy_model, toy_model_config
-from powersampling.toy.problems import format_prompt, generate_problems
+from powersampling.toy.problems import (
+    DEFAULT_GENERATOR,
+    PROBLEM_COLUMNS,
+    few_shot_examples,
+    format_instruction_prompt,
+    format_prompt,
+    generate_problems,
+)
 from powersampling.toy.tokenizer import (
     EOS_ID,
     PAD_ID,
@@ -29,6 +39,8 @@ from powersampling.toy.train import (
     train_toy_model,
     training_problems,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- problems ----------------------------------------------------------------------------
 
@@ -53,28 +65,97 @@ def test_problems_are_deterministic_and_seeded():
 
 
 def test_problems_columns_and_answers_are_right():
-    df = generate_problems(300, seed=0, num_range=(0, 20), steps=(1, 3))
-    assert list(df.columns) == ["problem_id", "question", "answer", "kind", "steps"]
+    df = generate_problems(300, seed=0, num_range=(0, 20), steps=(1, 3), distractors=(0, 2))
+    assert list(df.columns) == list(PROBLEM_COLUMNS)
     assert df["problem_id"].is_unique and df["question"].is_unique
     assert set(df["kind"]) == {"arithmetic", "binding"}
+    assert (df["difficulty"] == df["steps"]).all()
     for row in df.itertuples():
         assert row.problem_id.startswith(row.kind)
         assert int(row.answer) == _evaluate(row.question), row.question
-        assert abs(int(row.answer)) <= 999
+        assert 0 <= int(row.answer) <= DEFAULT_GENERATOR["max_value"]
 
 
-@pytest.mark.parametrize("num_range, steps", [((0, 5), (1, 1)), ((10, 30), (2, 4))])
-def test_difficulty_knobs(num_range, steps):
-    df = generate_problems(80, seed=0, num_range=num_range, steps=steps)
+def test_worked_answers_round_trip_and_follow_the_question():
+    """Generator → parser gives back the same final answer and the same steps, and every
+    step is one the question implies (values from the assignments or the previous step)."""
+    df = generate_problems(200, seed=3, distractors=(0, 3))
+    for row in df.itertuples():
+        parsed = parse_solution(row.solution)
+        assert parsed.compliant and parsed.final == int(row.answer), row.solution
+        assert len(parsed.steps) == row.steps
+        assert format_solution(parsed.steps, parsed.final) == row.solution
+        for step in parsed.steps:
+            assert {"+": step.left + step.right, "-": step.left - step.right}.get(
+                step.op, step.left * step.right
+            ) == step.value
+            assert 0 <= step.value <= DEFAULT_GENERATOR["max_value"]
+        assert parsed.steps[-1].value == int(row.answer)
+        # Each step carries the previous step's value on (the chain), and the question
+        # holds every step's other operand: a number written in it, or (binding) the value
+        # of one of its variables.
+        for before, after in zip(parsed.steps, parsed.steps[1:], strict=False):
+            assert after.left == before.value
+        numbers = {int(x) for x in re.findall(r"\d+", row.question)}
+        if row.kind == "binding":
+            env: dict = {}
+            assignments = row.question[: -len("=?")].rsplit(". ", 1)[0]
+            exec(assignments.replace(", ", "\n"), {"__builtins__": {}}, env)  # noqa: S102
+            numbers |= set(env.values())
+        assert all(step.right in numbers for step in parsed.steps)
+
+
+def test_the_default_studys_chains_are_10_to_48_tokens():
+    """The README's promise for config/config.yaml's tasks, and answers grow with steps."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    for task in config["tasks"].values():
+        df = generate_problems(300, seed=0, **task["generator"])
+        tokens = df["solution"].str.len() + 1  # one token per character, then EOS
+        assert tokens.between(10, 48).all()
+        by_steps = tokens.groupby(df["steps"]).mean()
+        assert by_steps.is_monotonic_increasing and len(by_steps) >= 3
+
+
+@pytest.mark.parametrize(
+    "num_range, steps, distractors", [((0, 5), (1, 1), (0, 0)), ((10, 30), (2, 4), (1, 3))]
+)
+def test_difficulty_knobs(num_range, steps, distractors):
+    df = generate_problems(
+        80, seed=0, num_range=num_range, steps=steps, distractors=distractors, max_value=999
+    )
     assert df["steps"].between(*steps).all()
     assert set(df["steps"]) == set(range(steps[0], steps[1] + 1))  # every level appears
+    binding = df[df["kind"] == "binding"]
+    assert binding["distractors"].between(*distractors).all()
+    assert (df.loc[df["kind"] == "arithmetic", "distractors"] == 0).all()
     for row in df.itertuples():
         numbers = [int(x) for x in re.findall(r"\d+", row.question)]
         assert all(num_range[0] <= x <= num_range[1] for x in numbers), row.question
         if row.kind == "arithmetic":  # one operator per step
             assert len(re.findall(r"[+\-*]", row.question)) == row.steps
-        else:  # two given variables, then one derived variable per step
-            assert row.question.count("=") - 1 == 2 + row.steps
+        else:  # two given variables, one derived variable per step, and the distractors
+            assert row.question.count("=") - 1 == 2 + row.steps + row.distractors
+
+
+def test_distractors_are_not_needed():
+    """Redefining a distractor leaves the answer as it was."""
+    df = generate_problems(100, seed=1, kinds=["binding"], distractors=(1, 2))
+    for row in df.itertuples():
+        assignments, target = row.question[: -len("=?")].rsplit(". ", 1)
+        statements = assignments.split(", ")
+        # The chain: the asked variable and, recursively, the variables it is defined by.
+        definitions = dict(s.split("=") for s in statements)
+        needed, todo = set(), [target]
+        while todo:
+            name = todo.pop()
+            if name not in needed:
+                needed.add(name)
+                todo += re.findall(r"[a-z]", definitions[name])
+        spare = [name for name in definitions if name not in needed]
+        assert len(spare) >= row.distractors
+        for name in spare:
+            changed = [f"{name}=77" if s.split("=")[0] == name else s for s in statements]
+            assert _evaluate(f"{', '.join(changed)}. {target}=?") == int(row.answer)
 
 
 def test_problem_kinds_and_bad_arguments():
@@ -85,13 +166,23 @@ def test_problem_kinds_and_bad_arguments():
         generate_problems(5, seed=0, num_range=(5, 1))
     with pytest.raises(UserError, match="steps"):
         generate_problems(5, seed=0, steps=(0, 2))
+    with pytest.raises(UserError, match="max_value"):
+        generate_problems(5, seed=0, num_range=(0, 50), max_value=20)
     # 1-step arithmetic on {0, 1} has 12 distinct problems at most.
     with pytest.raises(UserError, match="distinct"):
         generate_problems(50, seed=0, kinds=["arithmetic"], num_range=(0, 1), steps=(1, 1))
 
 
-def test_format_prompt():
+def test_prompts():
     assert format_prompt("1+2") == "Q: 1+2\nA: "
+    examples = few_shot_examples(0, exclude=["3+4"])
+    assert len(examples) == 2 and all(a.isdigit() for _, a in examples)
+    prompt = format_instruction_prompt("1+2", examples)
+    assert prompt.startswith("Respond with only the final number.\nQ: ")
+    assert prompt.endswith("Q: 1+2\nA: ") and prompt.count("\nA: ") == 3
+    # The examples avoid the questions they are told to avoid.
+    first = few_shot_examples(0)
+    assert few_shot_examples(0, exclude=[first[0][0]])[0][0] != first[0][0]
 
 
 # --- tokenizer ---------------------------------------------------------------------------

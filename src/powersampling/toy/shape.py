@@ -15,7 +15,7 @@ DEFAULT_MODEL_SHAPE = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "intermediate_size": 384,
-    "max_position_embeddings": 256,
+    "max_position_embeddings": 384,
 }
 
 

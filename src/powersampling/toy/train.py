@@ -1,11 +1,15 @@
 """Train the toy model on synthetic problems and save it like a hub checkpoint.
 
-The model learns to continue ``format_prompt(question)`` with the answer's digits and
-EOS; the loss is on those tokens only. Training problems are generated afresh from the
-seed, minus any question the evaluation will ask (``holdout_questions``), so the toy
-model is judged on problems it has never seen. The default budget takes a few CPU
-minutes and leaves the model right on some problems and wrong on others, which is what
-makes samplers differ measurably.
+The model learns to continue ``format_prompt(question)`` with the worked answer and EOS,
+and, on a share of the examples (``instruction_share``), an instruction-style prompt
+(:func:`~powersampling.toy.problems.format_instruction_prompt`, two solved examples drawn
+from the other training problems) with the bare final answer and EOS: following the
+instruction is then something the model has learned, and can fail at. The loss is on the
+answer tokens only. Training problems are generated afresh from the seed, minus any
+question the evaluation will ask (``holdout_questions``), so the toy model is judged on
+problems it has never seen. The default budget takes a few CPU minutes and leaves the
+model right on some problems and wrong on others, which is what makes samplers differ
+measurably.
 
 The output folder holds ``config.json``, ``model.safetensors``, ``generation_config.json``,
 the tokenizer files and ``training.json``; it appears all at once (built next to its
@@ -22,6 +26,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -29,22 +34,29 @@ import transformers
 
 from powersampling.errors import UserError
 from powersampling.io import atomic_dir
-from powersampling.seeding import derive_seed, torch_generator
+from powersampling.seeding import derive_seed, numpy_rng, torch_generator
 from powersampling.toy.model import build_toy_model, toy_model_config
-from powersampling.toy.problems import DEFAULT_GENERATOR, format_prompt, generate_problems
+from powersampling.toy.problems import (
+    DEFAULT_GENERATOR,
+    format_instruction_prompt,
+    format_prompt,
+    generate_problems,
+)
 from powersampling.toy.shape import DEFAULT_MODEL_SHAPE
 from powersampling.toy.tokenizer import build_char_tokenizer
 
 DEFAULT_TRAIN: dict[str, Any] = {
     "n_problems": 20000,  # distinct training problems (before removing held-out ones)
-    "steps": 1500,  # optimiser steps
-    "batch_size": 64,
+    "steps": 1300,  # optimiser steps
+    "batch_size": 32,
     "learning_rate": 3e-3,
     "warmup_steps": 50,
     "weight_decay": 0.01,
     "grad_clip": 1.0,
     "log_every": 100,
-    "generator": DEFAULT_GENERATOR,
+    "instruction_share": 0.05,  # examples with the instruction-style prompt
+    # The tasks' distribution, with shorter chains too: they teach the first steps cheaply.
+    "generator": {**DEFAULT_GENERATOR, "steps": [1, 5]},
 }
 # A budget for tests: a few seconds, a model that is trained but far from good.
 TEST_TRAIN: dict[str, Any] = {
@@ -64,7 +76,7 @@ def train_config(train: dict[str, Any] | None = None) -> dict[str, Any]:
     unknown = sorted(set(train) - set(DEFAULT_TRAIN))
     if unknown:
         raise UserError(f"unknown toy training keys {unknown}; known: {list(DEFAULT_TRAIN)}")
-    generator = {**DEFAULT_GENERATOR, **(train.pop("generator", None) or {})}
+    generator = {**DEFAULT_TRAIN["generator"], **(train.pop("generator", None) or {})}
     unknown = sorted(set(generator) - set(DEFAULT_GENERATOR))
     if unknown:
         raise UserError(f"unknown toy generator keys {unknown}; known: {list(DEFAULT_GENERATOR)}")
@@ -72,6 +84,10 @@ def train_config(train: dict[str, Any] | None = None) -> dict[str, Any]:
     for key in ("n_problems", "steps", "batch_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"toy training {key} must be a positive integer, got {cfg[key]!r}")
+    if not 0 <= cfg["instruction_share"] <= 1:
+        raise UserError(
+            f"toy training instruction_share must be in [0, 1], got {cfg['instruction_share']!r}"
+        )
     return cfg
 
 
@@ -81,11 +97,7 @@ def training_problems(
     """The training problems and how many were dropped for being held out."""
     gen = cfg["generator"]
     problems = generate_problems(
-        cfg["n_problems"],
-        seed=derive_seed(seed, "toy-train-problems"),
-        kinds=gen["kinds"],
-        num_range=gen["num_range"],
-        steps=gen["steps"],
+        cfg["n_problems"], seed=derive_seed(seed, "toy-train-problems"), **gen
     )
     held_out = problems["question"].isin(set(holdout_questions))
     kept = problems[~held_out].reset_index(drop=True)
@@ -94,15 +106,45 @@ def training_problems(
     return kept, int(held_out.sum())
 
 
-def encode_examples(tokenizer, problems: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded token ids (N, T) and labels (N, T): answer and EOS labelled, rest IGNORE."""
-    prompts = [format_prompt(q) for q in problems["question"]]
+def training_prompts(
+    problems: pd.DataFrame, instruction_share: float, seed: int
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Each problem's prompt and target, and which are instruction-style.
+
+    Most get the worked-answer prompt and their solution; a seeded ``instruction_share`` of
+    them get the instruction-style prompt and the bare answer, with two other training
+    problems of the fewest steps and no distractors as solved examples (as a task's
+    instruction-style prompt has, see :func:`~powersampling.toy.problems.few_shot_examples`).
+    """
+    rng = numpy_rng(derive_seed(seed, "toy-instruction-prompts"))
+    n = len(problems)
+    questions, answers = list(problems["question"]), list(problems["answer"])
+    simplest = (problems["steps"] == problems["steps"].min()) & (problems["distractors"] == 0)
+    shot_pool = np.flatnonzero(simplest.to_numpy())
+    instructed = (rng.random(n) < instruction_share) & (len(shot_pool) > 2)
+    prompts, targets = [], []
+    for i in range(n):
+        if instructed[i]:
+            shots = [j for j in rng.choice(shot_pool, size=3, replace=False) if j != i][:2]
+            examples = [(questions[j], answers[j]) for j in shots]
+            prompts.append(format_instruction_prompt(questions[i], examples))
+            targets.append(answers[i])
+        else:
+            prompts.append(format_prompt(questions[i]))
+            targets.append(problems["solution"].iloc[i])
+    return prompts, targets, instructed
+
+
+def encode_examples(
+    tokenizer, prompts: list[str], targets: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids (N, T) and labels (N, T): target and EOS labelled, rest IGNORE."""
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(list(problems["answer"]), add_special_tokens=False)["input_ids"]
-    width = max(len(p) + len(a) + 1 for p, a in zip(prompt_ids, answer_ids, strict=True))
+    target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    width = max(len(p) + len(a) + 1 for p, a in zip(prompt_ids, target_ids, strict=True))
     ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(prompts), width), IGNORE, dtype=torch.long)
-    for row, (p, a) in enumerate(zip(prompt_ids, answer_ids, strict=True)):
+    for row, (p, a) in enumerate(zip(prompt_ids, target_ids, strict=True)):
         target = a + [tokenizer.eos_token_id]
         ids[row, : len(p) + len(target)] = torch.tensor(p + target)
         labels[row, len(p) : len(p) + len(target)] = torch.tensor(target)
@@ -149,7 +191,8 @@ def fit_toy_model(
     cfg = train_config(train)
     tokenizer = build_char_tokenizer(model_max_length=shape["max_position_embeddings"])
     problems, n_excluded = training_problems(cfg, holdout_questions, seed)
-    ids, labels = encode_examples(tokenizer, problems)  # (N, T) each
+    prompts, targets, instructed = training_prompts(problems, cfg["instruction_share"], seed)
+    ids, labels = encode_examples(tokenizer, prompts, targets)  # (N, T) each
     if ids.shape[1] > shape["max_position_embeddings"]:
         raise UserError(
             f"toy training examples are {ids.shape[1]} tokens long, more than "
@@ -170,7 +213,15 @@ def fit_toy_model(
     schedule = transformers.get_cosine_schedule_with_warmup(
         optimizer, num_warmup_steps=cfg["warmup_steps"], num_training_steps=cfg["steps"]
     )
-    batches = _batches(len(problems), cfg["batch_size"], derive_seed(seed, "toy-batches"))
+    # Instruction-style prompts are about twice as long as worked-answer ones: batches take
+    # one kind at a time, so that the short ones are not padded to the long ones' width.
+    batches = _mixed_batches(
+        [np.flatnonzero(~instructed), np.flatnonzero(instructed)],
+        [1 - cfg["instruction_share"], cfg["instruction_share"]],
+        cfg["batch_size"],
+        derive_seed(seed, "toy-batches"),
+        lengths,
+    )
 
     losses = []
     for step in range(1, cfg["steps"] + 1):
@@ -215,15 +266,49 @@ def fit_toy_model(
     return model, tokenizer, info
 
 
-def _batches(n: int, batch_size: int, seed: int):
-    """Endless batches of row indices: shuffled epochs from a private generator."""
-    gen = torch_generator(seed)
-    batch_size = min(batch_size, n)
+def _mixed_batches(
+    pools: list[np.ndarray],
+    weights: list[float],
+    batch_size: int,
+    seed: int,
+    lengths: torch.Tensor,
+):
+    """Endless batches of row indices, each from one pool, the pool drawn by ``weights``
+    (empty pools skipped); each pool is walked in shuffled epochs (:func:`_batches`).
+    Seeded, so the same arguments give the same batches."""
+    kept = [(pool, w) for pool, w in zip(pools, weights, strict=True) if len(pool) and w > 0]
+    streams = [
+        _batches(pool, batch_size, derive_seed(seed, i), lengths)
+        for i, (pool, _) in enumerate(kept)
+    ]
+    probs = np.array([w for _, w in kept]) / sum(w for _, w in kept)
+    rng = numpy_rng(seed)
     while True:
-        order = torch.randperm(n, generator=gen)
+        yield next(streams[int(rng.choice(len(streams), p=probs))])
+
+
+# Rows are grouped into batches of similar length within windows of this many batches, so
+# that little of a batch is padding while batches still mix the whole pool.
+_LENGTH_WINDOW = 32
+
+
+def _batches(rows: np.ndarray, batch_size: int, seed: int, lengths: torch.Tensor):
+    """Endless batches of ``rows`` in shuffled epochs from a private generator: each window
+    of ``_LENGTH_WINDOW`` batches is sorted by length, cut into batches, and those batches
+    are shuffled (similar lengths pad little)."""
+    gen = torch_generator(seed)
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    batch_size = min(batch_size, len(rows))
+    window = batch_size * _LENGTH_WINDOW
+    while True:
+        order = rows[torch.randperm(len(rows), generator=gen)]
         # Drop the ragged tail so every batch has the same size.
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield order[i : i + batch_size]
+        order = order[: len(order) - len(order) % batch_size]
+        for start in range(0, len(order), window):
+            chunk = order[start : start + window]
+            chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+            batches = chunk.view(-1, batch_size)
+            yield from batches[torch.randperm(len(batches), generator=gen)]
 
 
 def _save_atomically(out_dir: Path, model, tokenizer, info: dict[str, Any]) -> None:
