@@ -11,6 +11,7 @@ from powersampling.config import (
     shard_rows,
     n_shards,
     planned_runs,
+    run_seeds,
     task_seed,
     toy_settings,
     validate_config,
@@ -30,7 +31,9 @@ except UserError as err:
     sys.exit(f"Error: {err}")
 
 RUNS = planned_runs(config)
-SHARD_FILE = "{task}/{model}/{method}/seed{seed}/shard{shard}.parquet"
+# The seeds of one (task, model, method) share its generation jobs: one model load each.
+SEEDS = run_seeds(config)
+SHARD_FILE = "{task}/{model}/{method}/shard{shard}.parquet"
 
 
 wildcard_constraints:
@@ -68,18 +71,18 @@ def hub_models():
 
 
 def shard_paths(stage, runs=None):
-    """Per-shard files of ``stage`` (generations or graded) for the given runs."""
+    """Per-shard files of ``stage`` (generations or graded) holding the given runs (each
+    file holds every seed of its task, model and method)."""
+    triples = dict.fromkeys(
+        (run.task, run.model, run.method) for run in (RUNS if runs is None else runs)
+    )
     paths = []
-    for run in RUNS if runs is None else runs:
-        for shard in range(n_shards(config, run.task)):
+    for task, model, method in triples:
+        for shard in range(n_shards(config, task)):
             paths.append(
                 f"results/{stage}/"
                 + SHARD_FILE.format(
-                    task=run.task,
-                    model=run.model,
-                    method=run.method,
-                    seed=run.seed,
-                    shard=f"{shard:03d}",
+                    task=task, model=model, method=method, shard=f"{shard:03d}"
                 )
             )
     return paths

@@ -1,4 +1,8 @@
-"""Generation: one job per shard, one model load per job, batched decoding."""
+"""Generation: one job per shard, one model load per job, batched decoding.
+
+A shard's job runs every seed of its task, model and method (one after the other, each
+with its own random stream, so a seed's rows do not depend on which others share the job).
+"""
 
 
 rule generate:
@@ -6,11 +10,11 @@ rule generate:
         unpack(model_inputs),
         data="data/{task}.parquet",
     output:
-        "results/generations/{task}/{model}/{method}/seed{seed}/shard{shard}.parquet",
+        "results/generations/{task}/{model}/{method}/shard{shard}.parquet",
     log:
-        "logs/generate/{task}/{model}/{method}/seed{seed}/shard{shard}.log",
+        "logs/generate/{task}/{model}/{method}/shard{shard}.log",
     benchmark:
-        "benchmarks/generate/{task}/{model}/{method}/seed{seed}/shard{shard}.tsv"
+        "benchmarks/generate/{task}/{model}/{method}/shard{shard}.tsv"
     conda:
         "../environment.yml"
     threads: config["resources"]["generation_threads"]
@@ -21,6 +25,7 @@ rule generate:
     params:
         model=lambda wildcards: config["models"][wildcards.model],
         method=lambda wildcards: config["methods"][wildcards.method],
+        seeds=lambda wildcards: SEEDS[wildcards.task, wildcards.model, wildcards.method],
         rows=lambda wildcards: shard_rows(config, wildcards.task, int(wildcards.shard)),
         task=lambda wildcards: config["tasks"][wildcards.task],
         task_seed=lambda wildcards: task_seed(config, wildcards.task),

@@ -3,12 +3,12 @@
 
 rule grade:
     input:
-        generations="results/generations/{task}/{model}/{method}/seed{seed}/shard{shard}.parquet",
+        generations="results/generations/{task}/{model}/{method}/shard{shard}.parquet",
         data="data/{task}.parquet",
     output:
-        "results/graded/{task}/{model}/{method}/seed{seed}/shard{shard}.parquet",
+        "results/graded/{task}/{model}/{method}/shard{shard}.parquet",
     log:
-        "logs/grade/{task}/{model}/{method}/seed{seed}/shard{shard}.log",
+        "logs/grade/{task}/{model}/{method}/shard{shard}.log",
     conda:
         "../environment.yml"
     threads: 1

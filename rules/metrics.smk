@@ -7,6 +7,7 @@ rule collect_metrics:
     output:
         accuracy="results/tables/accuracy.parquet",
         accuracy_csv="results/tables/accuracy.csv",
+        accuracy_by_difficulty="results/tables/accuracy_by_difficulty.parquet",
         pass_at_k="results/tables/pass_at_k.parquet",
         acceptance="results/tables/acceptance_by_block.parquet",
         sampler_trace="results/tables/sampler_trace.parquet",

@@ -9,6 +9,7 @@ from powersampling.config import (
     load_config,
     n_shards,
     planned_runs,
+    run_seeds,
     shard_rows,
     validate_config,
     with_command_line_values,
@@ -124,14 +125,21 @@ def test_all_problems_are_reported_at_once():
 
 def test_planning_counts_shards_without_reading_data():
     config = validate_config(default_config(), SCHEMA)
-    assert n_shards(config, "arithmetic") == 2
+    assert n_shards(config, "arithmetic") == 1
+    assert shard_rows(config, "arithmetic", 0) == (0, 200)
+    with pytest.raises(UserError, match="shard 1 of task arithmetic has no problems"):
+        shard_rows(config, "arithmetic", 1)
+    config["tasks"]["arithmetic"]["shard_size"] = 100
     assert shard_rows(config, "arithmetic", 1) == (100, 200)
-    with pytest.raises(UserError, match="shard 2 of task arithmetic has no problems"):
-        shard_rows(config, "arithmetic", 2)
     runs = planned_runs(config)
     # greedy: 2 tasks x 1 seed; three temperatures and power: 2 tasks x 4 seeds each
     assert len(runs) == 2 + 4 * 2 * 4
     assert len(set(runs)) == len(runs)
+    # A method's seeds share its jobs: one per (task, model, method) and shard.
+    seeds = run_seeds(config)
+    assert len(seeds) == 2 * 5
+    assert seeds["binding", "toy", "greedy"] == [0]
+    assert seeds["binding", "toy", "power_4"] == [0, 1, 2, 3]
 
 
 def test_command_line_values_are_typed_and_merged():
@@ -154,7 +162,7 @@ def test_a_budget_that_cannot_fit_the_toy_context_is_refused():
 
     assert (
         "methods.greedy.max_new_tokens: 1000000000 new tokens and a prompt cannot fit the "
-        "context of model 'toy' (256 tokens" in _error_for(mutate)
+        "context of model 'toy' (384 tokens" in _error_for(mutate)
     )
 
     def wider(c):  # a toy model with a longer context takes the same budget

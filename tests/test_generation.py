@@ -150,7 +150,7 @@ def job_inputs(tmp_path_factory):
     return root, task
 
 
-def run_job(job_inputs, tmp_path, generation, log):
+def run_job(job_inputs, tmp_path, generation, log, seeds=(0,)):
     from powersampling.pipeline import generate
 
     root, task = job_inputs
@@ -158,8 +158,8 @@ def run_job(job_inputs, tmp_path, generation, log):
         data_path=root / "sums.parquet", model_name="m", model={"source": "toy"},
         model_dir=str(root / "m"), task_name="sums", task=task, task_seed=0,
         method_name="power", method={"sampler": "power", "max_new_tokens": 4, "block_size": 2},
-        seed=0, shard=0, rows=(0, 4), generation=generation, device="cpu", threads=1,
-        out_path=tmp_path / "out.parquet", log=log,
+        seeds=list(seeds), shard=0, rows=(0, 4), generation=generation, device="cpu",
+        threads=1, out_path=tmp_path / "out.parquet", log=log,
     )  # fmt: skip
 
 
@@ -169,6 +169,20 @@ def test_the_job_prints_its_memory_plan_and_decodes_the_batch_it_allows(job_inpu
     plan = next(line for line in lines if line.startswith("memory plan for m / power"))
     assert "batch 3 of 3 requested" in plan and "rolling KV buffer" in plan
     assert len(frame) == 4 and (tmp_path / "out.parquet").exists()
+
+
+def test_the_seeds_of_a_job_are_each_what_they_are_alone(job_inputs, tmp_path):
+    """One job runs several seeds on one model load; a seed's rows do not depend on which
+    other seeds share its job."""
+    generation = {"batch_size": 3, "progress": False}
+    both = run_job(job_inputs, tmp_path / "both", generation, print, seeds=(0, 1))
+    alone = run_job(job_inputs, tmp_path / "alone", generation, print, seeds=(1,))
+    assert sorted(both["seed"].unique()) == [0, 1] and len(both) == 8
+    columns = ["problem_id", "completion", "logp_sum", "tokens_decoded"]
+    pd.testing.assert_frame_equal(
+        both.loc[both["seed"] == 1, columns].reset_index(drop=True), alone[columns]
+    )
+    assert not both.loc[both["seed"] == 0, "completion_ids"].equals(alone["completion_ids"])
 
 
 def test_the_job_refuses_a_device_too_small_before_loading_weights(job_inputs, tmp_path):

@@ -17,10 +17,9 @@ from workflow_helpers import copy_workflow, load_test_config, snakemake, write_c
 
 pytestmark = pytest.mark.slow
 
-GENERATIONS = "results/generations/arithmetic/toy/{method}/seed{seed}/shard{shard:03d}.parquet"
-RUNS = [("greedy", 0)] + [
-    (method, seed) for method in ("temp_1.0", "temp_0.5", "power_2") for seed in (0, 1)
-]
+GENERATIONS = "results/generations/arithmetic/toy/{method}/shard{shard:03d}.parquet"
+# Each method's seeds share its generation jobs (one file per shard holds them all).
+SEEDS = {"greedy": [0], "temp_1.0": [0, 1], "temp_0.5": [0, 1], "power_2": [0, 1]}
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +45,21 @@ def shard_files(workdir: Path, stage: str) -> list[Path]:
 
 def test_every_shard_is_generated_and_graded(finished_run):
     workdir, _ = finished_run
-    expected = {GENERATIONS.format(method=m, seed=s, shard=i) for m, s in RUNS for i in range(2)}
+    expected = {GENERATIONS.format(method=m, shard=i) for m in SEEDS for i in range(2)}
     found = {str(p.relative_to(workdir)) for p in shard_files(workdir, "generations")}
     assert found == expected
     assert len(shard_files(workdir, "graded")) == len(expected)
     for path in shard_files(workdir, "generations"):
         assert pq.read_schema(path).equals(GENERATION_SCHEMA, check_metadata=False)
         frame = pd.read_parquet(path)
-        assert len(frame) == 12
+        method = frame["method"].iloc[0]
+        assert sorted(frame["seed"].unique()) == SEEDS[method]
+        assert (frame.groupby("seed").size() == 12).all()
         assert (frame["n_new_tokens"] >= 1).all()
         assert frame["finish_reason"].isin(["eos", "length"]).all()
         assert frame["logp_sum"].le(0).all()
         assert frame["shard_decode_time_s"].gt(0).all()
-        assert frame["shard_decode_time_s"].nunique() == 1
+        assert (frame.groupby("seed")["shard_decode_time_s"].nunique() == 1).all()
     for path in shard_files(workdir, "graded"):
         assert pq.read_schema(path).equals(GRADED_SCHEMA, check_metadata=False)
 
@@ -67,12 +68,13 @@ def test_shards_partition_the_problems(finished_run):
     workdir, _ = finished_run
     data = pd.read_parquet(workdir / "data/arithmetic.parquet")
     assert len(data) == 24
-    for method, seed in RUNS:
-        ids = pd.concat(
-            pd.read_parquet(workdir / GENERATIONS.format(method=method, seed=seed, shard=i))
-            for i in range(2)
-        )["problem_id"]
-        assert sorted(ids) == sorted(data["problem_id"])
+    for method, seeds in SEEDS.items():
+        rows = pd.concat(
+            pd.read_parquet(workdir / GENERATIONS.format(method=method, shard=i)) for i in range(2)
+        )
+        for seed in seeds:
+            ids = rows.loc[rows["seed"] == seed, "problem_id"]
+            assert sorted(ids) == sorted(data["problem_id"])
 
 
 def test_outputs_get_the_mode_the_umask_gives(finished_run):
@@ -148,7 +150,7 @@ def test_changing_one_method_reruns_only_its_shards(finished_run, tmp_path):
     snakemake(workdir, "--configfile", str(config))
     rerun = {p for p, mtime in before.items() if p.stat().st_mtime_ns != mtime}
     assert rerun and all("/temp_0.5/" in str(p) for p in rerun)
-    assert len(rerun) == 4  # 2 seeds x 2 shards
+    assert len(rerun) == 2  # 2 shards, each with both seeds
     for path in rerun:
         assert (pd.read_parquet(path)["temperature"] == 0.6).all()
 
@@ -157,7 +159,7 @@ def test_same_config_gives_same_outputs(finished_run, tmp_path):
     workdir, _ = finished_run
     again = copy_workflow(tmp_path / "again")
     config = write_config(again, load_test_config())
-    target = GENERATIONS.format(method="temp_1.0", seed=1, shard=1)
+    target = GENERATIONS.format(method="temp_1.0", shard=1)
     # targets go first: --configfile takes every value after it
     snakemake(again, target, "--configfile", str(config))
     first = pd.read_parquet(workdir / target)
@@ -216,7 +218,7 @@ def test_a_budget_no_prompt_fits_is_refused_before_any_job(tmp_path):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "methods.greedy.max_new_tokens: 100000 new tokens" in output
-    assert "context of model 'toy' (256 tokens" in output and "Traceback" not in output
+    assert "context of model 'toy' (384 tokens" in output and "Traceback" not in output
     assert not (workdir / "results").exists() and not (workdir / "data").exists()
 
 
@@ -226,24 +228,22 @@ def test_rows_whose_prompt_leaves_less_room_get_the_budget_that_fits(finished_ru
     how many rows it cut (a prompt leaving no room at all is refused: test_generation)."""
     workdir, _ = copy_of(finished_run, tmp_path / "too_long")
     config = load_test_config()
-    config["methods"]["greedy"]["max_new_tokens"] = 250  # + any real prompt > 256
+    config["methods"]["greedy"]["max_new_tokens"] = 378  # + any real prompt > 384
     path = write_config(workdir, config, name="too_long.yaml")
-    target = GENERATIONS.format(method="greedy", seed=0, shard=0)
+    target = GENERATIONS.format(method="greedy", shard=0)
     (workdir / target).unlink()
     snakemake(workdir, target, "--configfile", str(path))
-    log = (workdir / "logs/generate/arithmetic/toy/greedy/seed0/shard000.log").read_text()
-    assert "12 of 12 prompts leave less than 250 new tokens in toy's context" in log
+    log = (workdir / "logs/generate/arithmetic/toy/greedy/shard000.log").read_text()
+    assert "12 of 12 prompts leave less than 378 new tokens in toy's context" in log
     rows = pd.read_parquet(workdir / target)
-    assert (rows["token_budget"] == 256 - rows["n_prompt_tokens"]).all()
+    assert (rows["token_budget"] == 384 - rows["n_prompt_tokens"]).all()
     assert (rows["n_new_tokens"] <= rows["token_budget"]).all()
 
 
 def test_power_sampling_rows_carry_their_mcmc_record(finished_run):
     workdir, _ = finished_run
     power = pd.concat(
-        pd.read_parquet(workdir / GENERATIONS.format(method="power_2", seed=s, shard=i))
-        for s in (0, 1)
-        for i in range(2)
+        pd.read_parquet(workdir / GENERATIONS.format(method="power_2", shard=i)) for i in range(2)
     )
     assert power["acceptance_rate"].between(0, 1).all()
     assert (power["proposals"] >= 2).all()  # at least mcmc_steps per block
@@ -251,7 +251,7 @@ def test_power_sampling_rows_carry_their_mcmc_record(finished_run):
     assert power["sampler_trace"].map(len).ge(1).all()
     # A chain's lifetime runs within its shard's decoding time (chains overlap).
     assert power["chain_lifetime_s"].between(0, power["shard_decode_time_s"]).all()
-    greedy = pd.read_parquet(workdir / GENERATIONS.format(method="greedy", seed=0, shard=0))
+    greedy = pd.read_parquet(workdir / GENERATIONS.format(method="greedy", shard=0))
     assert greedy["acceptance_rate"].isna().all() and greedy["sampler_trace"].isna().all()
     assert greedy["chain_lifetime_s"].isna().all()
     acceptance = pd.read_parquet(workdir / "results/tables/acceptance_by_block.parquet")

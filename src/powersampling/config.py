@@ -248,7 +248,8 @@ def load_config(path: str | os.PathLike, schema: str | os.PathLike) -> dict[str,
 
 @dataclass(frozen=True)
 class Run:
-    """One (task, model, method, seed) combination; its shards are generation jobs."""
+    """One (task, model, method, seed) combination. Its rows are generated shard by shard,
+    together with the other seeds of the same (task, model, method) (:func:`run_seeds`)."""
 
     task: str
     model: str
@@ -266,6 +267,15 @@ def planned_runs(config: dict[str, Any]) -> list[Run]:
                     for seed in experiment["seeds"]:
                         runs[Run(task, model, method, int(seed))] = None
     return list(runs)
+
+
+def run_seeds(config: dict[str, Any]) -> dict[tuple[str, str, str], list[int]]:
+    """The seeds of every (task, model, method), in config order: the seeds of one such
+    triple run in the same generation jobs (one model load for all of them)."""
+    seeds: dict[tuple[str, str, str], list[int]] = {}
+    for run in planned_runs(config):
+        seeds.setdefault((run.task, run.model, run.method), []).append(run.seed)
+    return seeds
 
 
 def task_seed(config: dict[str, Any], task: str) -> int:

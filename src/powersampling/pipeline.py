@@ -156,7 +156,7 @@ def generate(
     task_seed: int,
     method_name: str,
     method: dict[str, Any],
-    seed: int,
+    seeds: Sequence[int],
     shard: int,
     rows: tuple[int, int],
     generation: dict[str, Any],
@@ -165,7 +165,9 @@ def generate(
     out_path,
     log: Log = _no_log,
 ) -> pd.DataFrame:
-    """Generate one shard: load the model once, decode all its problems in batches.
+    """Generate one shard for every seed in ``seeds``: load the model once, decode all its
+    problems in batches, one seed after the other (each with its own random stream, as
+    :func:`~powersampling.generation.generate_shard` seeds it).
 
     Before the weights are loaded, from the tokenizer and the model's config alone: every
     prompt is checked to leave room for at least one new token in the model's context (rows
@@ -234,26 +236,34 @@ def generate(
         source, dtype=dtype, device=device, local_files_only=True, tokenizer=tokenizer
     )
     log(f"model loaded on {lm.device} in {time.perf_counter() - began:.1f} s")
-    frame = generate_shard(
-        lm,
-        tokenizer,
-        task_obj,
-        problems,
-        task_name=task_name,
-        model_name=model_name,
-        method_name=method_name,
-        method=method,
-        seed=seed,
-        shard=shard,
-        batch_size=plan.batch,
-        chat_template=chat_template,
-        instruct=instruct,
-        kv_store=plan.chain_store or "device",
-        progress=generation.get("progress", True),
-        log=log,
-    )
+    if not seeds:
+        raise UserError(f"no seeds to generate for {task_name} / {model_name} / {method_name}")
+    frames = []
+    for seed in seeds:
+        log(f"seed {seed}")
+        frames.append(
+            generate_shard(
+                lm,
+                tokenizer,
+                task_obj,
+                problems,
+                task_name=task_name,
+                model_name=model_name,
+                method_name=method_name,
+                method=method,
+                seed=int(seed),
+                shard=shard,
+                batch_size=plan.batch,
+                chat_template=chat_template,
+                instruct=instruct,
+                kv_store=plan.chain_store or "device",
+                progress=generation.get("progress", True),
+                log=log,
+            )
+        )
+    frame = pd.concat(frames, ignore_index=True)
     io.write_parquet(frame, out_path, io.GENERATION_SCHEMA)
-    log(f"wrote {len(frame)} rows to {out_path}")
+    log(f"wrote {len(frame)} rows ({len(seeds)} seeds) to {out_path}")
     return frame
 
 
@@ -285,7 +295,14 @@ def grade_frame(generations: pd.DataFrame, problems: pd.DataFrame, task) -> pd.D
     graded["compliant"] = [bool(g.compliant) for g in grades]
     graded["grader"] = [g.grader for g in grades]
     graded["error"] = [g.error for g in grades]
+    graded["difficulty"] = pd.array([_difficulty(r) for r in rows], dtype="Int32")
+    graded["steps_correct"] = pd.array([g.steps_correct for g in grades], dtype="Int32")
     return graded
+
+
+def _difficulty(row: dict[str, Any]) -> int | None:
+    value = row.get("difficulty")
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def grade(
@@ -335,6 +352,8 @@ def collect_metrics(
         raise UserError("no task in this config is graded here (only judge-graded tasks)")
     accuracy = metrics.accuracy_table(graded, methods, n_boot=n_boot, level=level, seed=seed)
     io.write_table(accuracy, outputs["accuracy"])
+    by_difficulty = metrics.accuracy_by_difficulty(graded, n_boot=n_boot, level=level, seed=seed)
+    io.write_table(by_difficulty, outputs["accuracy_by_difficulty"])
     io.write_table(metrics.pass_at_k_table(graded), outputs["pass_at_k"])
     io.write_table(metrics.acceptance_by_block(graded), outputs["acceptance"])
     io.write_table(metrics.sampler_trace_table(graded), outputs["sampler_trace"])
@@ -365,6 +384,8 @@ def accuracy_html(accuracy: pd.DataFrame, level: float) -> str:
             "mean_new_tokens",
             "mean_logp",
             "mean_tokens_decoded",
+            "mean_steps_correct",
+            "mean_blocks",
             "time_per_answer_s",
         ]
         if c in shown
@@ -381,14 +402,23 @@ def accuracy_html(accuracy: pd.DataFrame, level: float) -> str:
 
 
 def export_alpaca_eval(
-    *, generation_paths: Sequence[str], data_path, generator: str, out_path, log: Log = _no_log
+    *,
+    generation_paths: Sequence[str],
+    data_path,
+    generator: str,
+    seed: int,
+    out_path,
+    log: Log = _no_log,
 ) -> int:
-    """One run's outputs as alpaca_eval's JSON list (instruction, output, generator, dataset)."""
+    """One run's outputs (the rows of ``seed`` in its shards) as alpaca_eval's JSON list
+    (instruction, output, generator, dataset)."""
     from powersampling.tasks import alpaca
 
-    count = alpaca.export_alpaca_eval(
-        io.read_parquet(list(generation_paths)), generator, out_path, pd.read_parquet(data_path)
-    )
+    generations = io.read_parquet(list(generation_paths))
+    generations = generations[generations["seed"] == seed]
+    if generations.empty:
+        raise UserError(f"no generations of seed {seed} in {list(generation_paths)}")
+    count = alpaca.export_alpaca_eval(generations, generator, out_path, pd.read_parquet(data_path))
     log(f"exported {count} outputs of {generator} to {out_path}")
     return count
 

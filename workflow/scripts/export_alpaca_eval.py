@@ -8,6 +8,7 @@ with job_log(snakemake.log[0]) as log:
         generation_paths=list(snakemake.input.generations),
         data_path=snakemake.input.data,
         generator=f"{snakemake.wildcards.model}/{snakemake.wildcards.method}",
+        seed=int(snakemake.wildcards.seed),
         out_path=snakemake.output[0],
         log=log.info,
     )

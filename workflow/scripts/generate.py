@@ -20,7 +20,7 @@ with job_log(snakemake.log[0]) as log:
         task_seed=snakemake.params.task_seed,
         method_name=snakemake.wildcards.method,
         method=snakemake.params.method,
-        seed=int(snakemake.wildcards.seed),
+        seeds=snakemake.params.seeds,
         shard=int(snakemake.wildcards.shard),
         rows=snakemake.params.rows,
         generation=snakemake.params.generation,
