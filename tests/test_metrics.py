@@ -11,9 +11,11 @@ from powersampling.io import GRADED_SCHEMA, read_parquet, write_parquet
 from powersampling.metrics import (
     ACCEPTANCE_COLUMNS,
     ACCURACY_COLUMNS,
+    DIFFICULTY_COLUMNS,
     PASS_AT_K_COLUMNS,
     SAMPLER_TRACE_COLUMNS,
     acceptance_by_block,
+    accuracy_by_difficulty,
     accuracy_table,
     pass_at_k_table,
     sampler_trace_table,
@@ -75,6 +77,8 @@ def make_graded(n_problems=12, seeds=(0, 1, 2), models=("toy", "toy2"), seed=0) 
                             "chain_lifetime_s": float(rng.random()) if power else math.nan,
                             "acceptance_rate": float(rng.random()) if power else None,
                             "sampler_trace": trace(rng) if power else None,
+                            "difficulty": 1 + p % 3,
+                            "steps_correct": p % 4,
                         }
                     )
     return pd.DataFrame(rows)
@@ -97,6 +101,12 @@ def test_accuracy_table_values_match_hand_computation():
         assert row.extraction_failure_rate == pytest.approx(rows.extracted.isna().mean())
         assert row.mean_new_tokens == pytest.approx(rows.n_new_tokens.mean())
         assert row.mean_logp == pytest.approx(rows.logp_sum.mean())
+        assert row.mean_steps_correct == pytest.approx(rows.steps_correct.mean())
+        for name in ["new_tokens", "logp", "tokens_decoded"]:  # problem-clustered CIs
+            low, high = getattr(row, f"{name}_ci_low"), getattr(row, f"{name}_ci_high")
+            assert low < high
+        assert row.new_tokens_ci_low <= row.mean_new_tokens <= row.new_tokens_ci_high
+        assert row.logp_ci_low <= row.mean_logp <= row.logp_ci_high
         # Each shard's decoding time counts once, whatever its number of rows.
         shard_time = rows.groupby(["seed", "shard"]).shard_decode_time_s.first().sum()
         assert rows.shard_decode_time_s.sum() > 5 * shard_time  # 6 rows per shard
@@ -107,13 +117,30 @@ def test_accuracy_table_values_match_hand_computation():
             assert row.mean_tokens_decoded == pytest.approx(5 * rows.n_new_tokens.mean())
             assert row.mean_acceptance_rate == pytest.approx(rows.acceptance_rate.mean())
             assert row.mean_chain_lifetime_s == pytest.approx(rows.chain_lifetime_s.mean())
+            assert row.mean_blocks == 3  # every answer's trace has three blocks
         else:
             assert math.isnan(row.alpha) and math.isnan(row.mean_acceptance_rate)
-            assert math.isnan(row.mean_chain_lifetime_s)
+            assert math.isnan(row.mean_chain_lifetime_s) and math.isnan(row.mean_blocks)
             # Samplers that do not record it decoded exactly their answer's tokens.
             assert row.mean_tokens_decoded == pytest.approx(rows.n_new_tokens.mean())
         expected_t = {"greedy": 0.0, "temp_0.7": 0.7, "power_a4": 0.25}[row.method]
         assert row.temperature == pytest.approx(expected_t)
+
+
+def test_accuracy_by_difficulty_matches_hand_computation():
+    graded = make_graded(models=("toy",))
+    table = accuracy_by_difficulty(graded, n_boot=200)
+    assert list(table.columns) == DIFFICULTY_COLUMNS
+    assert len(table) == 3 * 3  # methods x difficulties
+    for row in table.itertuples():
+        rows = graded[(graded.method == row.method) & (graded.difficulty == row.difficulty)]
+        assert row.accuracy == pytest.approx(rows.correct.mean())
+        assert row.ci_low <= row.accuracy <= row.ci_high
+        assert (row.n_problems, row.n_samples) == (4, 12)
+        assert row.mean_steps_correct == pytest.approx(rows.steps_correct.mean())
+    # Rows without a difficulty are left out; a table without any is empty.
+    assert accuracy_by_difficulty(graded.assign(difficulty=None)).empty
+    assert accuracy_by_difficulty(graded.drop(columns="difficulty")).empty
 
 
 def test_accuracy_table_without_config_reads_sampler_and_temperature_from_rows():

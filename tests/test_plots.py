@@ -11,6 +11,7 @@ from powersampling.errors import UserError
 from powersampling.metrics import (
     ACCEPTANCE_COLUMNS,
     ACCURACY_COLUMNS,
+    DIFFICULTY_COLUMNS,
     PASS_AT_K_COLUMNS,
     SAMPLER_TRACE_COLUMNS,
 )
@@ -43,7 +44,11 @@ def accuracy_rows() -> pd.DataFrame:
                         "ci_low": acc - 0.05,
                         "ci_high": acc + 0.05,
                         "mean_logp": -10 * (1 + t),
+                        "logp_ci_low": -10 * (1 + t) - 1,
+                        "logp_ci_high": -10 * (1 + t) + 1,
                         "mean_tokens_decoded": 400.0 if sampler == "power" else 40.0,
+                        "tokens_decoded_ci_low": 380.0 if sampler == "power" else 38.0,
+                        "tokens_decoded_ci_high": 420.0 if sampler == "power" else 42.0,
                     }
                 )
     return pd.DataFrame(rows).astype({"alpha": float})
@@ -56,6 +61,17 @@ def acceptance_rows() -> pd.DataFrame:
              "acceptance_rate": 0.5 / (b + 1), "mean_logp": -float(b)}
             for m in ["power_a2", "power_a4"]
             for b in range(4)
+        ]
+    )  # fmt: skip
+
+
+def difficulty_rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"task": "synthetic", "model": "toy", "method": m, "difficulty": d,
+             "accuracy": a / d, "ci_low": a / d - 0.1, "ci_high": a / d + 0.1}
+            for m, a in [("greedy", 0.9), ("power_a4", 0.95)]
+            for d in range(1, 6)
         ]
     )  # fmt: skip
 
@@ -89,6 +105,8 @@ def trace_rows() -> pd.DataFrame:
 CASES = [
     (plots.plot_accuracy_by_method, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_accuracy_vs_temperature, accuracy_rows, ACCURACY_COLUMNS),
+    (plots.plot_accuracy_by_difficulty, difficulty_rows, DIFFICULTY_COLUMNS),
+    (plots.plot_accuracy_vs_compute, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_logp_by_method, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_tokens_by_method, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_acceptance_by_block, acceptance_rows, ACCEPTANCE_COLUMNS),
@@ -161,7 +179,8 @@ def test_every_figure_is_registered_once_with_its_table_and_caption():
     for name, spec in plots.FIGURES.items():
         assert spec.name == name
         assert spec.draw.__name__ == f"plot_{name}"
-        assert spec.table in {"accuracy", "pass_at_k", "acceptance_by_block", "sampler_trace"}
+        tables = {"accuracy", "accuracy_by_difficulty", "pass_at_k", "acceptance_by_block"}
+        assert spec.table in tables | {"sampler_trace"}
         assert spec.category[0].isdigit(), spec.category  # report categories are numbered
         caption = ROOT / spec.caption
         assert caption.is_file() and caption.read_text().strip(), spec.caption

@@ -200,6 +200,8 @@ def _normalise_math500(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("subject", "level", "solution"):
         if col in df.columns:
             out[col] = df[col].astype(str)
+    if "level" in df.columns:  # MATH's difficulty level, 1-5: metrics break down by it
+        out["difficulty"] = pd.to_numeric(df["level"], errors="coerce").astype("Int64")
     return out
 
 

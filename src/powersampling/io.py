@@ -72,6 +72,11 @@ for _field in [
     pa.field("compliant", pa.bool_()),
     pa.field("grader", pa.string()),
     pa.field("error", pa.string()),
+    # The problem's difficulty as its task defines it (synthetic: steps of a correct chain;
+    # MATH: level 1-5), null where a task has none: metrics break down by it.
+    pa.field("difficulty", pa.int32()),
+    # Worked answers: reference steps reproduced in order from the first (else null).
+    pa.field("steps_correct", pa.int32()),
 ]:
     GRADED_SCHEMA = GRADED_SCHEMA.append(_field)
 

@@ -34,13 +34,33 @@ ACCURACY_COLUMNS = [
     "compliance_rate",
     "extraction_failure_rate",
     "mean_new_tokens",
+    "new_tokens_ci_low",
+    "new_tokens_ci_high",
     "n_budget_cut",
     "mean_logp",
+    "logp_ci_low",
+    "logp_ci_high",
     "mean_tokens_decoded",
+    "tokens_decoded_ci_low",
+    "tokens_decoded_ci_high",
+    "mean_steps_correct",
+    "mean_blocks",
     "decode_time_s",
     "time_per_answer_s",
     "mean_chain_lifetime_s",
     "mean_acceptance_rate",
+]
+DIFFICULTY_COLUMNS = [
+    *GROUP,
+    "difficulty",
+    "n_problems",
+    "n_samples",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "compliance_rate",
+    "mean_steps_correct",
+    "mean_new_tokens",
 ]
 PASS_AT_K_COLUMNS = [*GROUP, "k", "pass_at_k"]
 ACCEPTANCE_COLUMNS = [*GROUP, "block", "acceptance_rate", "mean_logp"]
@@ -136,6 +156,10 @@ def accuracy_table(
     ``derive_seed(seed, task, model, method)``, so a group's interval does not depend on
     which other groups are in the table. ``n_budget_cut`` counts the rows whose prompt left
     less than the method's ``max_new_tokens`` in the model's context (their ``token_budget``).
+    New tokens, log p and tokens decoded carry problem-clustered CIs as accuracy does.
+    ``mean_steps_correct`` is the mean number of right reference steps of worked answers
+    (NaN for other tasks); ``mean_blocks`` the mean number of blocks a power-sampling
+    answer grew through (NaN for samplers without blocks).
     """
     _check_graded(graded, [*GROUP, "problem_id", "correct"])
     methods = methods or {}
@@ -152,7 +176,19 @@ def accuracy_table(
         compliant = rows["compliant"] if "compliant" in rows.columns else pd.Series(dtype=object)
         extracted = rows["extracted"] if "extracted" in rows.columns else None
         new_tokens = _column(rows, "n_new_tokens")
+        decoded = _column(rows, "tokens_decoded").fillna(new_tokens)
         decode_time = _shard_decode_time(rows)
+
+        problems = rows["problem_id"].astype(str).to_numpy()
+        boot = {"n_boot": n_boot, "level": level}
+        group_seed = (seed, task, model, method)
+        tokens, tokens_low, tokens_high = _mean_ci(
+            new_tokens, problems, (*group_seed, "new_tokens"), **boot
+        )
+        logp, logp_low, logp_high = _mean_ci(
+            _column(rows, "logp_sum"), problems, (*group_seed, "logp"), **boot
+        )
+        cost, cost_low, cost_high = _mean_ci(decoded, problems, (*group_seed, "decoded"), **boot)
         out.append(
             {
                 "task": task,
@@ -169,10 +205,18 @@ def accuracy_table(
                 "extraction_failure_rate": (
                     math.nan if extracted is None else float(extracted.isna().mean())
                 ),
-                "mean_new_tokens": _mean(new_tokens),
+                "mean_new_tokens": tokens,
+                "new_tokens_ci_low": tokens_low,
+                "new_tokens_ci_high": tokens_high,
                 "n_budget_cut": _n_budget_cut(rows, methods.get(method)),
-                "mean_logp": _mean(_column(rows, "logp_sum")),
-                "mean_tokens_decoded": _mean(_column(rows, "tokens_decoded").fillna(new_tokens)),
+                "mean_logp": logp,
+                "logp_ci_low": logp_low,
+                "logp_ci_high": logp_high,
+                "mean_tokens_decoded": cost,
+                "tokens_decoded_ci_low": cost_low,
+                "tokens_decoded_ci_high": cost_high,
+                "mean_steps_correct": _mean(_column(rows, "steps_correct")),
+                "mean_blocks": _mean_blocks(rows),
                 "decode_time_s": decode_time,
                 "time_per_answer_s": decode_time / len(rows),
                 "mean_chain_lifetime_s": _mean(_column(rows, "chain_lifetime_s")),
@@ -183,6 +227,14 @@ def accuracy_table(
     for name in ["n_problems", "n_seeds", "n_samples", "n_budget_cut"]:
         table[name] = table[name].astype("int64")
     return table
+
+
+def _mean_ci(values: pd.Series, problems: np.ndarray, seed_parts: tuple, **boot):
+    """Mean of the non-null values with a problem-clustered bootstrap CI."""
+    known = values.notna().to_numpy()
+    return bootstrap_ci(
+        values.to_numpy()[known], problems[known], seed=derive_seed(*seed_parts), **boot
+    )
 
 
 def _max_new_tokens(method: Mapping | None) -> int | None:
@@ -207,6 +259,60 @@ def _n_budget_cut(rows: pd.DataFrame, method: Mapping | None) -> int:
     if full is None:  # not in the config: the largest budget any row had
         full = budgets.max()
     return int((budgets < full).sum())
+
+
+def _mean_blocks(rows: pd.DataFrame) -> float:
+    """Mean number of blocks per answer, from the trace records that carry a ``block``."""
+    if "sampler_trace" not in rows.columns:
+        return math.nan
+    counts = [
+        sum("block" in record for record in _trace_entries(trace))
+        for trace in rows["sampler_trace"]
+    ]
+    counts = [c for c in counts if c]
+    return float(np.mean(counts)) if counts else math.nan
+
+
+def accuracy_by_difficulty(
+    graded: pd.DataFrame, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """Accuracy with a problem-clustered CI per (task, model, method, difficulty), for the
+    rows whose task records a difficulty (an empty table when none does)."""
+    _check_graded(graded, [*GROUP, "problem_id", "correct"])
+    if "difficulty" not in graded.columns or graded["difficulty"].isna().all():
+        return pd.DataFrame(columns=DIFFICULTY_COLUMNS)
+    graded = graded[graded["difficulty"].notna()]
+    out = []
+    keys = [*GROUP, "difficulty"]
+    for (task, model, method, difficulty), rows in graded.groupby(keys, sort=True):
+        accuracy, low, high = bootstrap_ci(
+            _correct(rows),
+            rows["problem_id"].astype(str).to_numpy(),
+            n_boot=n_boot,
+            level=level,
+            seed=derive_seed(seed, task, model, method, int(difficulty)),
+        )
+        compliant = rows["compliant"] if "compliant" in rows.columns else pd.Series(dtype=object)
+        out.append(
+            {
+                "task": task,
+                "model": model,
+                "method": method,
+                "difficulty": int(difficulty),
+                "n_problems": rows["problem_id"].nunique(),
+                "n_samples": len(rows),
+                "accuracy": accuracy,
+                "ci_low": low,
+                "ci_high": high,
+                "compliance_rate": _mean(compliant.dropna().astype(float)),
+                "mean_steps_correct": _mean(_column(rows, "steps_correct")),
+                "mean_new_tokens": _mean(_column(rows, "n_new_tokens")),
+            }
+        )
+    table = pd.DataFrame(out, columns=DIFFICULTY_COLUMNS)
+    for name in ["difficulty", "n_problems", "n_samples"]:
+        table[name] = table[name].astype("int64")
+    return table
 
 
 def pass_at_k_table(graded: pd.DataFrame) -> pd.DataFrame:

@@ -158,7 +158,8 @@ def plot_logp_by_method(table: pd.DataFrame, path) -> None:
     _check_columns(table, ["task", "model", "method", "mean_logp"], "table")
     if table.empty:
         return _message_figure(path, "no log-probability results")
-    _grouped_bars(table, "mean_logp", "mean log p(answer)", path)
+    errors = ("logp_ci_low", "logp_ci_high") if "logp_ci_low" in table else None
+    _grouped_bars(table, "mean_logp", "mean log p(answer)", path, errors=errors)
 
 
 def plot_tokens_by_method(table: pd.DataFrame, path) -> None:
@@ -166,7 +167,65 @@ def plot_tokens_by_method(table: pd.DataFrame, path) -> None:
     _check_columns(table, ["task", "model", "method", "mean_tokens_decoded"], "table")
     if table.empty:
         return _message_figure(path, "no token counts")
-    _grouped_bars(table, "mean_tokens_decoded", "tokens decoded per sample", path, log=True)
+    errors = (
+        ("tokens_decoded_ci_low", "tokens_decoded_ci_high")
+        if "tokens_decoded_ci_low" in table
+        else None
+    )
+    _grouped_bars(
+        table, "mean_tokens_decoded", "tokens decoded per sample", path, errors=errors, log=True
+    )
+
+
+def plot_accuracy_vs_compute(table: pd.DataFrame, path) -> None:
+    """Accuracy against tokens decoded per answer (MCMC proposals included), one point per
+    (model, method) with CIs on both axes, one panel per task: the compute frontier."""
+    columns = ["task", "model", "method", "accuracy", "ci_low", "ci_high", "mean_tokens_decoded"]
+    _check_columns(table, columns, "table")
+    if table.empty:
+        return _message_figure(path, "no accuracy results")
+    tasks = sorted(table["task"].unique())
+    colours = _palette(sorted(table["method"].unique()))
+    markers = dict(zip(sorted(table["model"].unique()), "osD^v<>", strict=False))
+    fig, axes = _panels(len(tasks), sharey=True)
+    for ax, task in zip(axes, tasks, strict=True):
+        for row in table[table["task"] == task].itertuples():
+            x, y = float(row.mean_tokens_decoded), float(row.accuracy)
+            xerr = None
+            if "tokens_decoded_ci_low" in table:
+                xerr = np.clip(
+                    [[x - row.tokens_decoded_ci_low], [row.tokens_decoded_ci_high - x]], 0, None
+                )
+            ax.errorbar(
+                x,
+                y,
+                xerr=xerr,
+                yerr=np.clip([[y - row.ci_low], [row.ci_high - y]], 0, None),
+                fmt=markers.get(row.model, "o"),
+                color=colours[row.method],
+                capsize=3,
+                label=row.method if len(markers) == 1 else f"{row.model} / {row.method}",
+            )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(_PLAIN)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(task)
+        ax.set_xlabel("tokens decoded per answer")
+        ax.set_ylabel("accuracy")
+    _legend(fig, axes, "method" if len(markers) == 1 else "model / method")
+    _save(fig, path)
+
+
+def plot_accuracy_by_difficulty(table: pd.DataFrame, path) -> None:
+    """Accuracy against the problems' difficulty with CI bands, one line per (model, method),
+    one panel per task (tasks without a difficulty are absent from the table)."""
+    columns = ["task", "model", "method", "difficulty", "accuracy", "ci_low", "ci_high"]
+    _check_columns(table, columns, "table")
+    if table.empty:
+        return _message_figure(path, "no task records a difficulty")
+    _lines(
+        table, "difficulty", "accuracy", "difficulty", "accuracy", path, band=("ci_low", "ci_high")
+    )
 
 
 def plot_accuracy_vs_temperature(table: pd.DataFrame, path) -> None:
@@ -237,8 +296,9 @@ def plot_pass_at_k(passk_table: pd.DataFrame, path) -> None:
     _lines(passk_table, "k", "pass_at_k", "k", "pass@k", path, log_x=log_x)
 
 
-def _lines(table, x, y, xlabel, ylabel, path, *, log_x=False) -> None:
-    """One line per (model, method), one panel per task."""
+def _lines(table, x, y, xlabel, ylabel, path, *, log_x=False, band=None) -> None:
+    """One line per (model, method), one panel per task; ``band``: (low, high) columns of
+    a shaded interval around each line."""
     table = table.assign(line=table["model"].astype(str) + " / " + table["method"].astype(str))
     tasks = sorted(table["task"].unique())
     colours = _palette(sorted(table["line"].unique()))
@@ -248,6 +308,8 @@ def _lines(table, x, y, xlabel, ylabel, path, *, log_x=False) -> None:
         for line, sub in rows.groupby("line", sort=True):
             sub = sub.sort_values(x)
             ax.plot(sub[x], sub[y], "o-", markersize=3, color=colours[line], label=line)
+            if band is not None:
+                ax.fill_between(sub[x], sub[band[0]], sub[band[1]], color=colours[line], alpha=0.15)
         if log_x:
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(_PLAIN)
@@ -328,6 +390,15 @@ FIGURES: dict[str, FigureSpec] = {
     for spec in [
         FigureSpec("accuracy_by_method", plot_accuracy_by_method, "accuracy", ACCURACY),
         FigureSpec("accuracy_vs_temperature", plot_accuracy_vs_temperature, "accuracy", ACCURACY),
+        FigureSpec(
+            "accuracy_by_difficulty",
+            plot_accuracy_by_difficulty,
+            "accuracy_by_difficulty",
+            ACCURACY,
+        ),
+        FigureSpec(
+            "accuracy_vs_compute", plot_accuracy_vs_compute, "accuracy", LIKELIHOOD_AND_COMPUTE
+        ),
         FigureSpec("logp_by_method", plot_logp_by_method, "accuracy", LIKELIHOOD_AND_COMPUTE),
         FigureSpec("tokens_by_method", plot_tokens_by_method, "accuracy", LIKELIHOOD_AND_COMPUTE),
         FigureSpec(
