@@ -8,6 +8,17 @@ import pytest
 
 from powersampling import pipeline, plots
 from powersampling.errors import UserError
+from powersampling.interp.tables import (
+    LENS_COLUMNS,
+    LENS_VS_TRUNCATION_COLUMNS,
+    PATCHING_BY_LAYER_COLUMNS,
+    PATCHING_HEATMAP_COLUMNS,
+    TRUNCATION_COLUMNS,
+    lens_table,
+    lens_vs_truncation,
+    patching_tables,
+    truncation_table,
+)
 from powersampling.metrics import (
     ACCEPTANCE_COLUMNS,
     ACCURACY_COLUMNS,
@@ -102,6 +113,78 @@ def trace_rows() -> pd.DataFrame:
     )  # fmt: skip
 
 
+TRUNCATED_MODELS = {
+    f"toy-L{layers}{'+last' if keep_last else ''}": {
+        "truncation": {"of": "toy", "layers": layers, "keep_last": keep_last, "depth": 4,
+                       "kept": [*range(layers), 3] if keep_last else list(range(layers))}
+    }
+    for layers, keep_last in [(1, True), (2, True), (2, False), (3, False)]
+}  # fmt: skip
+
+
+def truncation_rows(models=TRUNCATED_MODELS) -> pd.DataFrame:
+    accuracy = pd.DataFrame(
+        [
+            {"task": "synthetic", "model": model, "method": method,
+             "accuracy": acc, "ci_low": acc - 0.05, "ci_high": acc + 0.05, "n_problems": 20}
+            for method, bonus in [("greedy", 0.0), ("power_a4", 0.1)]
+            for model, acc in [("toy", 0.8 + bonus), ("toy-L1+last", 0.2 + bonus),
+                               ("toy-L2+last", 0.5 + bonus), ("toy-L2", 0.3 + bonus),
+                               ("toy-L3", 0.6 + bonus)]
+        ]
+    )  # fmt: skip
+    return truncation_table(accuracy, models)
+
+
+def logit_lens_rows() -> pd.DataFrame:
+    frame = pd.DataFrame(
+        [
+            {"task": task, "model": model, "problem_id": p, "layer": layer, "n_layers": n,
+             "position": position, "kl": (n - 1 - layer) * (1 + 0.3 * p) * 2.0**-layer,
+             "top1_agree": float(layer == n - 1 or (p + layer) % 3 == 0),
+             "entropy": 1.0 / (layer + 1)}
+            for task in ["synthetic", "math500"]
+            for model, n in [("toy", 4), ("big", 6)]
+            for p in range(5)
+            for layer in range(n)
+            for position in ["last_prompt", "answer"]
+            if task == "synthetic" or position == "last_prompt"  # math500: empty answers
+        ]
+    )  # fmt: skip
+    return lens_table(frame, n_boot=50, level=0.9, seed=0)
+
+
+def lens_vs_truncation_rows() -> pd.DataFrame:
+    return lens_vs_truncation(truncation_rows(), logit_lens_rows())
+
+
+def patching_frame() -> pd.DataFrame:
+    rows = []
+    for model in ["toy", "big"]:
+        for pair, n_positions in enumerate([6, 8, 7]):
+            for layer in range(4):
+                for position in range(n_positions):
+                    changed = position == n_positions - 3
+                    effect = (layer + 1) / 4 * (1.0 if changed else 0.1 * (pair - 1))
+                    if model == "big" and pair == 1:  # same logit difference clean/corrupted
+                        effect = float("nan")
+                    rows.append(
+                        {"task": "pairs", "model": model, "pair_id": pair, "layer": layer,
+                         "n_layers": 4, "position": position, "token": position,
+                         "corrupted_token": position + 100 * changed, "kl": 1 - effect / 2,
+                         "effect": effect}
+                    )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def patching_heatmap_rows() -> pd.DataFrame:
+    return patching_tables(patching_frame(), [], n_boot=50)["patching_heatmap"]
+
+
+def patching_by_layer_rows() -> pd.DataFrame:
+    return patching_tables(patching_frame(), [], n_boot=50)["patching_by_layer"]
+
+
 CASES = [
     (plots.plot_accuracy_by_method, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_accuracy_vs_temperature, accuracy_rows, ACCURACY_COLUMNS),
@@ -112,6 +195,11 @@ CASES = [
     (plots.plot_acceptance_by_block, acceptance_rows, ACCEPTANCE_COLUMNS),
     (plots.plot_pass_at_k, passk_rows, PASS_AT_K_COLUMNS),
     (plots.plot_sampler_trace, trace_rows, SAMPLER_TRACE_COLUMNS),
+    (plots.plot_truncation_accuracy, truncation_rows, TRUNCATION_COLUMNS),
+    (plots.plot_logit_lens, logit_lens_rows, LENS_COLUMNS),
+    (plots.plot_lens_vs_truncation, lens_vs_truncation_rows, LENS_VS_TRUNCATION_COLUMNS),
+    (plots.plot_patching_heatmap, patching_heatmap_rows, PATCHING_HEATMAP_COLUMNS),
+    (plots.plot_patching_by_layer, patching_by_layer_rows, PATCHING_BY_LAYER_COLUMNS),
 ]
 IDS = [case[0].__name__ for case in CASES]
 
@@ -180,7 +268,10 @@ def test_every_figure_is_registered_once_with_its_table_and_caption():
         assert spec.name == name
         assert spec.draw.__name__ == f"plot_{name}"
         tables = {"accuracy", "accuracy_by_difficulty", "pass_at_k", "acceptance_by_block"}
-        assert spec.table in tables | {"sampler_trace"}
+        inside = {"truncation", "logit_lens", "lens_vs_truncation", "patching_heatmap"}
+        assert spec.table in tables | inside | {"sampler_trace", "patching_by_layer"}
+        assert spec.study in {None, "truncation", "logit_lens", "patching"}
+        assert (spec.study is None) == (spec.table in tables | {"sampler_trace"})
         assert spec.category[0].isdigit(), spec.category  # report categories are numbered
         caption = ROOT / spec.caption
         assert caption.is_file() and caption.read_text().strip(), spec.caption
@@ -195,3 +286,26 @@ def test_pipeline_plot_draws_a_registered_figure_from_its_table(tmp_path):
     assert (tmp_path / "figures" / "pass_at_k.svg").read_bytes() == direct.read_bytes()
     with pytest.raises(UserError, match="unknown plot 'nope'"):
         pipeline.plot("nope", table, tmp_path / "nope.svg")
+
+
+def test_inside_the_model_figures_draw_from_their_parquet_tables(tmp_path):
+    """The tables keep nullable columns (the full model's keep_last, an unknown depth)
+    through Parquet, and the figures draw them."""
+    unknown_depth = {
+        name: {"truncation": {**entry["truncation"], "kept": None, "depth": None}}
+        for name, entry in TRUNCATED_MODELS.items()
+    }  # the full model's point cannot be placed: it is left out
+    cases = [
+        ("truncation_accuracy", truncation_rows()),
+        ("truncation_accuracy", truncation_rows(unknown_depth)),
+        ("lens_vs_truncation", lens_vs_truncation_rows()),
+    ]
+    for i, (name, table) in enumerate(cases):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        table.to_parquet(folder / f"{name}.parquet")
+        figure = folder / "figure" / f"{name}.svg"
+        pipeline.plot(name, folder / f"{name}.parquet", figure)
+        assert_valid(figure)
+        assert "layers kept" in "".join(ET.fromstring(figure.read_bytes()).itertext())
+    assert plots.FIGURES["truncation_accuracy"].category == plots.INSIDE

@@ -1,0 +1,1 @@
+"""Analyses of what happens inside a model: LogitLens and activation patching."""
