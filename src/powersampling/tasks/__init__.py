@@ -29,6 +29,7 @@ _REGISTRY: dict[str, str] = {
     "gsm8k": "powersampling.tasks.gsm8k:GSM8KTask",
     "humaneval": "powersampling.tasks.humaneval:HumanEvalTask",
     "math500": "powersampling.tasks.math500:Math500Task",
+    "pairs": "powersampling.tasks.pairs:PairsTask",
     "synthetic": "powersampling.tasks.synthetic:SyntheticTask",
 }
 
