@@ -6,10 +6,15 @@ done, so that the same config gives the same outputs and independent jobs get
 independent streams.
 """
 
+from __future__ import annotations
+
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def derive_seed(*parts: object) -> int:
@@ -20,6 +25,9 @@ def derive_seed(*parts: object) -> int:
 
 
 def torch_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    # torch is imported here, not above: jobs that only grade or tabulate never load it.
+    import torch
+
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen
