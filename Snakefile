@@ -31,6 +31,7 @@ include: "rules/grade.smk"
 include: "rules/metrics.smk"
 include: "rules/plots.smk"
 include: "rules/studies.smk"
+include: "rules/interp.smk"
 include: "rules/report.smk"
 
 

@@ -4,6 +4,7 @@ import re
 import sys
 
 from powersampling.config import (
+    GENERATED_KINDS,
     REHEARSAL_SOURCE,
     TOY_SOURCE,
     BUILT_SOURCES,
@@ -53,21 +54,31 @@ def tasks_of_kind(synthetic):
     return [
         name
         for name, task in config["tasks"].items()
-        if (task["kind"] == "synthetic") == synthetic
+        if (task["kind"] in GENERATED_KINDS) == synthetic
     ]
 
 
+def full_models():
+    """Model entries with their own weights (a truncated model reads its base model's)."""
+    return {n: m for n, m in config["models"].items() if "truncation" not in m}
+
+
 def models_with_source(source):
-    return [n for n, m in config["models"].items() if m["source"] == source]
+    return [n for n, m in full_models().items() if m["source"] == source]
 
 
 def hub_models():
     """Models read from the hub: staged into model_cache by rule download_model."""
     return [
         name
-        for name, model in config["models"].items()
+        for name, model in full_models().items()
         if model["source"] not in BUILT_SOURCES and not is_local_path(model["source"])
     ]
+
+
+def weights_of(model):
+    """The model entry whose weights ``model`` loads: its own, or its base model's."""
+    return config["models"][model].get("truncation", {}).get("of", model)
 
 
 def shard_paths(stage, runs=None):
@@ -91,11 +102,12 @@ def shard_paths(stage, runs=None):
 def model_inputs(wildcards):
     """The model folder a generation job reads: built by the workflow (toy, rehearsal),
     staged from the hub (download_model), or a local folder named in the config."""
-    source = config["models"][wildcards.model]["source"]
+    model = weights_of(wildcards.model)
+    source = config["models"][model]["source"]
     if source in BUILT_SOURCES:
-        return {"model": f"results/models/{wildcards.model}"}
-    if wildcards.model in hub_models():
-        return {"model": f"{config['model_cache']}/{wildcards.model}"}
+        return {"model": f"results/models/{model}"}
+    if model in hub_models():
+        return {"model": f"{config['model_cache']}/{model}"}
     return {}
 
 
@@ -109,10 +121,16 @@ def synthetic_task_data():
 
 
 def figure_paths():
-    """The report figures, one per entry of powersampling.plots.FIGURES (rule plot)."""
+    """The report figures, one per entry of powersampling.plots.FIGURES (rule plot), less
+    those of studies this config does not run."""
     from powersampling.plots import FIGURES
 
-    return [f"results/plots/{name}.svg" for name in FIGURES]
+    studies = studies_in_config()
+    return [
+        f"results/plots/{name}.svg"
+        for name, spec in FIGURES.items()
+        if spec.study is None or spec.study in studies
+    ]
 
 
 def study_outputs():
@@ -159,5 +177,31 @@ def all_outputs():
         "results/tables/pass_at_k.parquet",
         *figure_paths(),
         *study_outputs(),
+        *(
+            ["results/tables/patching_pairs.csv"]
+            if "patching" in config["studies"]
+            else []
+        ),
         "results/config.yaml",
     ]
+
+
+def analysis_shards(study):
+    """Per-shard files of a study over tasks and models (logit_lens, patching)."""
+    section = config["studies"].get(study)
+    if section is None:
+        return []
+    return [
+        f"results/{study}/{task}/{model}/shard{shard:03d}.parquet"
+        for task in section["tasks"]
+        for model in section["models"]
+        for shard in range(n_shards(config, task))
+    ]
+
+
+def studies_in_config():
+    """The studies whose tables this config makes (the figures of the others are left out)."""
+    studies = {name for name in ("logit_lens", "patching") if name in config["studies"]}
+    if any("truncation" in model for model in config["models"].values()):
+        studies.add("truncation")
+    return studies

@@ -132,12 +132,13 @@ def test_planning_counts_shards_without_reading_data():
     config["tasks"]["arithmetic"]["shard_size"] = 100
     assert shard_rows(config, "arithmetic", 1) == (100, 200)
     runs = planned_runs(config)
-    # greedy: 2 tasks x 1 seed; three temperatures and power: 2 tasks x 4 seeds each
-    assert len(runs) == 2 + 4 * 2 * 4
+    # greedy: 2 tasks x 1 seed; three temperatures and power: 2 tasks x 4 seeds each;
+    # two truncations x three methods on binding, 1 seed
+    assert len(runs) == 2 + 4 * 2 * 4 + 2 * 3
     assert len(set(runs)) == len(runs)
     # A method's seeds share its jobs: one per (task, model, method) and shard.
     seeds = run_seeds(config)
-    assert len(seeds) == 2 * 5
+    assert len(seeds) == 2 * 5 + 2 * 3
     assert seeds["binding", "toy", "greedy"] == [0]
     assert seeds["binding", "toy", "power_4"] == [0, 1, 2, 3]
 
@@ -231,3 +232,95 @@ def test_rehearsal_config_has_the_paper_configs_structure():
     assert [e["tasks"] for e in rehearsal["experiments"]] == [
         e["tasks"] for e in paper["experiments"]
     ]
+
+
+def _with_truncations(layers, keep_last=True, **extra):
+    """The default config with its own truncation sweep replaced by ``toy_cut``."""
+    config = default_config()
+    del config["models"]["toy_truncated"]
+    config["experiments"] = [e for e in config["experiments"] if "toy_truncated" not in e["models"]]
+    config["models"]["toy_cut"] = {
+        "truncate": {"model": "toy", "layers": layers, "keep_last": keep_last},
+        **extra,
+    }
+    config["experiments"][0]["models"] = ["toy", "toy_cut"]
+    return config
+
+
+def test_a_truncation_sweep_becomes_one_model_per_depth():
+    config = validate_config(_with_truncations([1, 2]), SCHEMA)
+    assert "toy_cut" not in config["models"]
+    cut = config["models"]["toy-L2+last"]
+    assert cut["source"] == "toy"
+    assert cut["truncation"] == {
+        "of": "toy",
+        "layers": 2,
+        "keep_last": True,
+        "kept": [0, 1, 3],
+        "depth": 4,
+    }
+    assert config["experiments"][0]["models"] == ["toy", "toy-L1+last", "toy-L2+last"]
+    runs = {(run.model, run.method) for run in planned_runs(config)}
+    assert ("toy-L1+last", "greedy") in runs
+    plain = validate_config(_with_truncations([3], keep_last=False), SCHEMA)
+    assert plain["models"]["toy-L3"]["truncation"]["kept"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "layers, keep_last, message",
+    [
+        ([3], True, "full model"),  # blocks 0-2 and the last of 4: all of them
+        ([4], False, "full model"),
+        ([5], False, "4"),
+    ],
+)
+def test_a_truncation_that_keeps_every_block_is_refused(layers, keep_last, message):
+    with pytest.raises(UserError, match=message) as info:
+        validate_config(_with_truncations(layers, keep_last), SCHEMA)
+    assert "models.toy_cut.truncate.layers" in str(info.value)
+
+
+def test_a_truncation_sweep_takes_no_other_keys_and_needs_a_base():
+    with pytest.raises(UserError, match=r"models.toy_cut: a truncation sweep takes no other"):
+        validate_config(_with_truncations([1], dtype="float32"), SCHEMA)
+    config = _with_truncations([1])
+    config["models"]["toy_cut"]["truncate"]["model"] = "nope"
+    with pytest.raises(UserError, match="'nope' is not a model entry"):
+        validate_config(config, SCHEMA)
+    config = default_config()
+    config["models"]["bare"] = {"dtype": "float32"}
+    with pytest.raises(UserError, match="models.bare: needs a source"):
+        validate_config(config, SCHEMA)
+
+
+def test_published_depths_are_known_before_any_job():
+    config = default_config()
+    config["models"] = {
+        "qwen": {"source": "Qwen/Qwen2.5-Math-7B"},
+        "cut": {"truncate": {"model": "qwen", "layers": [21, 27]}},
+    }
+    config["experiments"] = [{"tasks": ["arithmetic"], "models": ["cut"], "methods": ["greedy"]}]
+    with pytest.raises(UserError, match="full model"):
+        validate_config(config, SCHEMA)
+
+
+def test_truncation_config_is_the_published_experiment_without_its_mistake():
+    config = load_config(ROOT / "config" / "truncation.yaml", SCHEMA)
+    for base in ["qwen2.5-math-1.5b", "qwen2.5-math-7b"]:
+        cuts = {
+            name: model["truncation"]
+            for name, model in config["models"].items()
+            if model.get("truncation", {}).get("of") == base
+        }
+        assert sorted(cut["layers"] for cut in cuts.values()) == [21, 22, 23, 24, 25]
+        for cut in cuts.values():
+            assert cut["keep_last"] and cut["depth"] == 28
+            assert cut["kept"] == [*range(cut["layers"]), 27]
+    power = config["methods"]["power_2"]
+    assert (power["alpha"], power["block_size"], power["mcmc_steps"]) == (2.0, 64, 10)
+    assert power["max_new_tokens"] == config["methods"]["temp_0.5"]["max_new_tokens"] == 1024
+    assert config["methods"]["temp_0.5"]["T"] == 0.5
+    runs = planned_runs(config)
+    assert {run.seed for run in runs} == {0, 1, 2, 3}
+    assert len({run.model for run in runs}) == 12  # 2 full models, 10 truncations
+    assert n_shards(config, "math500") * config["tasks"]["math500"]["shard_size"] == 500

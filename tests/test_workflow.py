@@ -17,9 +17,12 @@ from workflow_helpers import copy_workflow, load_test_config, snakemake, write_c
 
 pytestmark = pytest.mark.slow
 
-GENERATIONS = "results/generations/arithmetic/toy/{method}/shard{shard:03d}.parquet"
+GENERATIONS = "results/generations/arithmetic/{model}/{method}/shard{shard:03d}.parquet"
 # Each method's seeds share its generation jobs (one file per shard holds them all).
 SEEDS = {"greedy": [0], "temp_1.0": [0, 1], "temp_0.5": [0, 1], "power_2": [0, 1]}
+# The test config's truncation sweep: blocks 0 and 3 of the toy model's 4.
+TRUNCATED = "toy-L1+last"
+TRUNCATED_METHODS = ["greedy", "power_2"]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,8 @@ def shard_files(workdir: Path, stage: str) -> list[Path]:
 
 def test_every_shard_is_generated_and_graded(finished_run):
     workdir, _ = finished_run
-    expected = {GENERATIONS.format(method=m, shard=i) for m in SEEDS for i in range(2)}
+    runs = [("toy", m) for m in SEEDS] + [(TRUNCATED, m) for m in TRUNCATED_METHODS]
+    expected = {GENERATIONS.format(model=m, method=x, shard=i) for m, x in runs for i in range(2)}
     found = {str(p.relative_to(workdir)) for p in shard_files(workdir, "generations")}
     assert found == expected
     assert len(shard_files(workdir, "graded")) == len(expected)
@@ -53,7 +57,8 @@ def test_every_shard_is_generated_and_graded(finished_run):
         assert pq.read_schema(path).equals(GENERATION_SCHEMA, check_metadata=False)
         frame = pd.read_parquet(path)
         method = frame["method"].iloc[0]
-        assert sorted(frame["seed"].unique()) == SEEDS[method]
+        seeds = SEEDS[method] if frame["model"].iloc[0] == "toy" else [0]
+        assert sorted(frame["seed"].unique()) == seeds
         assert (frame.groupby("seed").size() == 12).all()
         assert (frame["n_new_tokens"] >= 1).all()
         assert frame["finish_reason"].isin(["eos", "length"]).all()
@@ -70,7 +75,8 @@ def test_shards_partition_the_problems(finished_run):
     assert len(data) == 24
     for method, seeds in SEEDS.items():
         rows = pd.concat(
-            pd.read_parquet(workdir / GENERATIONS.format(method=method, shard=i)) for i in range(2)
+            pd.read_parquet(workdir / GENERATIONS.format(model="toy", method=method, shard=i))
+            for i in range(2)
         )
         for seed in seeds:
             ids = rows.loc[rows["seed"] == seed, "problem_id"]
@@ -108,7 +114,9 @@ def test_toy_model_is_a_hugging_face_model_dir(finished_run):
 def test_accuracy_table_has_a_row_per_method_with_cis(finished_run):
     workdir, _ = finished_run
     table = pd.read_parquet(workdir / "results/tables/accuracy.parquet")
-    assert sorted(table["method"]) == ["greedy", "power_2", "temp_0.5", "temp_1.0"]
+    assert sorted(zip(table["model"], table["method"], strict=True)) == sorted(
+        [("toy", m) for m in SEEDS] + [(TRUNCATED, m) for m in TRUNCATED_METHODS]
+    )
     assert (table["ci_low"] <= table["accuracy"]).all()
     assert (table["accuracy"] <= table["ci_high"]).all()
     # Time per answer is the shards' decoding time over their answers, for every sampler.
@@ -116,9 +124,9 @@ def test_accuracy_table_has_a_row_per_method_with_cis(finished_run):
     assert list(per_answer) == pytest.approx(list(table["decode_time_s"]))
     assert table["time_per_answer_s"].gt(0).all()
     graded = pd.concat(pd.read_parquet(p) for p in shard_files(workdir, "graded"))
-    by_method = graded.groupby("method")["correct"].mean()
+    by_run = graded.groupby(["model", "method"])["correct"].mean()
     for _, row in table.iterrows():
-        assert row["accuracy"] == pytest.approx(by_method[row["method"]])
+        assert row["accuracy"] == pytest.approx(by_run[row["model"], row["method"]])
     csv = pd.read_csv(workdir / "results/tables/accuracy.csv")
     assert list(csv["method"]) == list(table["method"])
 
@@ -159,7 +167,7 @@ def test_same_config_gives_same_outputs(finished_run, tmp_path):
     workdir, _ = finished_run
     again = copy_workflow(tmp_path / "again")
     config = write_config(again, load_test_config())
-    target = GENERATIONS.format(method="temp_1.0", shard=1)
+    target = GENERATIONS.format(model="toy", method="temp_1.0", shard=1)
     # targets go first: --configfile takes every value after it
     snakemake(again, target, "--configfile", str(config))
     first = pd.read_parquet(workdir / target)
@@ -230,7 +238,7 @@ def test_rows_whose_prompt_leaves_less_room_get_the_budget_that_fits(finished_ru
     config = load_test_config()
     config["methods"]["greedy"]["max_new_tokens"] = 378  # + any real prompt > 384
     path = write_config(workdir, config, name="too_long.yaml")
-    target = GENERATIONS.format(method="greedy", shard=0)
+    target = GENERATIONS.format(model="toy", method="greedy", shard=0)
     (workdir / target).unlink()
     snakemake(workdir, target, "--configfile", str(path))
     log = (workdir / "logs/generate/arithmetic/toy/greedy/shard000.log").read_text()
@@ -243,7 +251,8 @@ def test_rows_whose_prompt_leaves_less_room_get_the_budget_that_fits(finished_ru
 def test_power_sampling_rows_carry_their_mcmc_record(finished_run):
     workdir, _ = finished_run
     power = pd.concat(
-        pd.read_parquet(workdir / GENERATIONS.format(method="power_2", shard=i)) for i in range(2)
+        pd.read_parquet(workdir / GENERATIONS.format(model="toy", method="power_2", shard=i))
+        for i in range(2)
     )
     assert power["acceptance_rate"].between(0, 1).all()
     assert (power["proposals"] >= 2).all()  # at least mcmc_steps per block
@@ -251,7 +260,7 @@ def test_power_sampling_rows_carry_their_mcmc_record(finished_run):
     assert power["sampler_trace"].map(len).ge(1).all()
     # A chain's lifetime runs within its shard's decoding time (chains overlap).
     assert power["chain_lifetime_s"].between(0, power["shard_decode_time_s"]).all()
-    greedy = pd.read_parquet(workdir / GENERATIONS.format(method="greedy", shard=0))
+    greedy = pd.read_parquet(workdir / GENERATIONS.format(model="toy", method="greedy", shard=0))
     assert greedy["acceptance_rate"].isna().all() and greedy["sampler_trace"].isna().all()
     assert greedy["chain_lifetime_s"].isna().all()
     acceptance = pd.read_parquet(workdir / "results/tables/acceptance_by_block.parquet")
@@ -265,3 +274,52 @@ def test_exact_toy_studies_are_in_the_results(finished_run):
     assert gaps["power_over_p"].dropna().sub(gaps["alpha"]).abs().max() < 1e-6
     convergence = pd.read_parquet(workdir / "results/studies/convergence.parquet")
     assert set(convergence["block_size"]) == {1, 3}
+
+
+def test_truncated_models_run_beside_the_full_one(finished_run):
+    workdir, _ = finished_run
+    assert not (workdir / f"results/models/{TRUNCATED}").exists()  # it reads toy's weights
+    log = (workdir / f"logs/generate/arithmetic/{TRUNCATED}/greedy/shard000.log").read_text()
+    assert "kept blocks [0, 3] of toy" in log
+    table = pd.read_parquet(workdir / "results/tables/truncation.parquet")
+    assert set(table["method"]) == set(TRUNCATED_METHODS)
+    kept = table.set_index(["model", "method"])["layers_kept"]
+    assert kept[TRUNCATED, "greedy"] == 1 and kept["toy", "greedy"] == 4
+    lens_beside = pd.read_parquet(workdir / "results/tables/lens_vs_truncation.parquet")
+    assert set(lens_beside["lens_layer"]) == {0}  # the truncation stops after block 0
+
+
+def test_logit_lens_reads_every_layer_and_ends_at_the_output(finished_run):
+    workdir, _ = finished_run
+    rows = pd.read_parquet(workdir / "results/logit_lens/arithmetic/toy/shard000.parquet")
+    assert set(rows["layer"]) == {0, 1, 2, 3}
+    assert set(rows["position"]) <= {"last_prompt", "answer"}
+    assert rows.loc[rows["layer"] == 3, "kl"].abs().max() < 1e-6
+    assert rows.loc[rows["layer"] == 3, "top1_agree"].eq(1).all()
+    table = pd.read_parquet(workdir / "results/tables/logit_lens.parquet")
+    assert table["n_problems"].max() == 24  # both shards
+    assert (table["kl_ci_low"] <= table["kl"] + 1e-12).all()
+
+
+def test_patching_covers_every_layer_and_position_and_counts_pairs(finished_run):
+    workdir, _ = finished_run
+    rows = pd.concat(
+        pd.read_parquet(path) for path in (workdir / "results/patching/pairs/toy").glob("*.parquet")
+    )
+    counts = pd.read_csv(workdir / "results/tables/patching_pairs.csv")
+    n = counts.set_index("reason")["n"]
+    assert (
+        n["used"]
+        == rows["pair_id"].nunique()
+        == n["pairs"] - n["different_lengths"] - n["same_first_answer_token"]
+    )
+    assert {"same_answer", "out_of_range"} <= set(counts["reason"])
+    for _, pair in rows.groupby("pair_id"):
+        n_positions = pair["position"].max() + 1
+        assert len(pair) == 4 * n_positions  # every (layer, position)
+        last = pair[(pair["layer"] == 3) & (pair["position"] == n_positions - 1)]
+        # The answer position patched at the last block is the clean run's output there
+        # (the effect is 1 up to float32 rounding over a small clean-corrupted difference).
+        assert last["kl"].iloc[0] < 1e-5
+    by_layer = pd.read_parquet(workdir / "results/tables/patching_by_layer.parquet")
+    assert sorted(by_layer["layer"]) == [0, 1, 2, 3]

@@ -29,6 +29,9 @@ from powersampling.toy.shape import toy_context_length
 
 TOY_SOURCE = "toy"
 REHEARSAL_SOURCE = "rehearsal"
+# Task kinds whose data the workflow makes itself (rule synthetic_data), from a generator
+# or a local file; the others are downloaded (rule download_dataset).
+GENERATED_KINDS = ("synthetic", "pairs")
 # Sources the workflow builds itself (rules train_toy_model, build_rehearsal_model).
 BUILT_SOURCES = (TOY_SOURCE, REHEARSAL_SOURCE)
 
@@ -80,14 +83,133 @@ def validate_config(config: dict[str, Any], schema: dict | str | os.PathLike) ->
     """Return a copy of ``config`` with defaults filled in, or raise UserError listing problems."""
     schema = with_method_schema(schema) if isinstance(schema, dict) else load_schema(schema)
     config = copy.deepcopy(dict(config))
+    # Keys written on a truncation sweep besides `truncate`, before defaults fill others in.
+    sweep_keys = {
+        name: sorted(set(entry) - {"truncate"})
+        for name, entry in (config.get("models") or {}).items()
+        if isinstance(entry, dict) and "truncate" in entry
+    }
     errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     # Conditional (if/then) branches report the same unknown key more than once.
     messages = list(dict.fromkeys(_describe(e) for e in errors))
+    messages += [] if messages else _expand_truncations(config, sweep_keys)
     messages += [] if messages else _check_references(config)
     messages += [] if messages else _check_budgets(config)
     if messages:
         raise UserError("invalid config:\n  " + "\n  ".join(messages))
     return config
+
+
+def _expand_truncations(config: dict[str, Any], sweep_keys: dict[str, list[str]]) -> list[str]:
+    """Replace every truncation sweep under ``models`` by its models, in place.
+
+    A sweep ``{truncate: {model: toy, layers: [1, 2], keep_last: true}}`` becomes the models
+    ``toy-L1+last`` and ``toy-L2+last``: each a copy of the ``toy`` entry with a
+    ``truncation`` section (``of``, ``layers``, ``keep_last``, and ``kept`` and ``depth``:
+    the block indices kept and the full model's blocks, when the depth is known here). An
+    experiment that names the sweep gets all of them. A truncation that keeps every block
+    is refused: it is the full model under another name, and the full model is its own
+    entry. Returns the problems found.
+    """
+    from powersampling.truncation import kept_blocks, truncation_name
+
+    models = config["models"]
+    problems, expanded, sweeps = [], {}, {}
+    for name, entry in models.items():
+        sweep = entry.get("truncate")
+        if sweep is None:
+            if "source" not in entry:
+                problems.append(f"models.{name}: needs a source (or a truncate section)")
+            expanded[name] = entry
+            continue
+        where = f"models.{name}.truncate"
+        extra = sweep_keys.get(name)
+        base_name = sweep["model"]
+        base = models.get(base_name)
+        if extra:
+            problems.append(f"models.{name}: a truncation sweep takes no other keys ({extra})")
+        elif base is None or "truncate" in base:
+            problems.append(
+                f"{where}.model: {base_name!r} is not a model entry with a source "
+                f"(models: {', '.join(n for n, m in models.items() if 'truncate' not in m)})"
+            )
+        else:
+            depth = model_depth(config, base_name)
+            members = []
+            for layers in sweep["layers"]:
+                member = truncation_name(base_name, layers, sweep["keep_last"])
+                try:
+                    kept = (
+                        kept_blocks(depth, layers, sweep["keep_last"], name=base_name)
+                        if depth is not None
+                        else None
+                    )
+                except UserError as err:
+                    problems.append(f"{where}.layers: {err}")
+                    continue
+                if member in models or member in expanded:
+                    problems.append(f"{where}: model name {member!r} is already taken")
+                    continue
+                expanded[member] = {
+                    **copy.deepcopy(base),
+                    "truncation": {
+                        "of": base_name,
+                        "layers": layers,
+                        "keep_last": sweep["keep_last"],
+                        "kept": kept,
+                        "depth": depth,
+                    },
+                }
+                members.append(member)
+            sweeps[name] = members
+    if problems:
+        return problems
+    config["models"] = expanded
+    for section in [*config["experiments"], *_analyses(config).values()]:
+        section["models"] = list(
+            dict.fromkeys(m for name in section["models"] for m in sweeps.get(name, [name]))
+        )
+    return []
+
+
+def _analyses(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The studies that run on the config's tasks and models (LogitLens, patching)."""
+    return {
+        name: config["studies"][name]
+        for name in ("logit_lens", "patching")
+        if name in config["studies"]
+    }
+
+
+def model_depth(config: dict[str, Any], model: str) -> int | None:
+    """Decoder blocks of ``model`` when known without loading it: the toy model's from its
+    shape, a rehearsal model's from its settings or published architecture, a local
+    model's from its ``config.json``, a hub model's when it is a published architecture;
+    else None (checked when the job loads the model)."""
+    from powersampling.architectures import PUBLISHED_CONFIGS, architecture_of_hub_id
+    from powersampling.toy.shape import DEFAULT_MODEL_SHAPE
+
+    entry = config["models"][model]
+    source = entry["source"]
+    if source == TOY_SOURCE:
+        shape = {**DEFAULT_MODEL_SHAPE, **(toy_settings(config, model).get("model_shape") or {})}
+        return int(shape["num_hidden_layers"])
+    if source == REHEARSAL_SOURCE:
+        settings = entry.get("rehearsal") or {}
+        if settings.get("num_hidden_layers") is not None:
+            return int(settings["num_hidden_layers"])
+        published = PUBLISHED_CONFIGS.get(settings.get("architecture"))
+        return published["num_hidden_layers"] if published else None
+    if is_local_path(source):
+        try:
+            fields = json.loads((Path(source).expanduser() / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        fields = fields.get("text_config") or fields
+        depth = fields.get("num_hidden_layers")
+        return depth if isinstance(depth, int) else None
+    architecture = architecture_of_hub_id(source)
+    return PUBLISHED_CONFIGS[architecture]["num_hidden_layers"] if architecture else None
 
 
 def _check_references(config: dict[str, Any]) -> list[str]:
@@ -102,13 +224,35 @@ def _check_references(config: dict[str, Any]) -> list[str]:
                         f"experiments.{i}.{section}: {name!r} is not defined under "
                         f"'{section}' (defined: {known})"
                     )
+    for study, section in _analyses(config).items():
+        for kind in ("tasks", "models"):
+            for name in section[kind]:
+                if name not in config[kind]:
+                    problems.append(
+                        f"studies.{study}.{kind}: {name!r} is not defined under '{kind}' "
+                        f"(defined: {', '.join(sorted(config[kind]))})"
+                    )
+                elif study == "patching" and kind == "tasks":
+                    if config["tasks"][name]["kind"] != "pairs":
+                        problems.append(
+                            f"studies.patching.tasks: {name!r} is a "
+                            f"{config['tasks'][name]['kind']} task; patching needs pairs"
+                        )
+    for name, task in config["tasks"].items():
+        if task["kind"] == "pairs" and task["shard_size"] % 2:
+            problems.append(
+                f"tasks.{name}.shard_size: a pairs task's shards hold whole pairs (two rows "
+                f"each); make it even, not {task['shard_size']}"
+            )
     for name, model in config["models"].items():
         problems += _check_model(name, model, config["tasks"])
     for name, task in config["tasks"].items():
-        if task["kind"] == "synthetic" and task.get("limit") is None:
-            problems.append(f"tasks.{name}.limit: synthetic tasks need a number of problems")
-        if task["kind"] != "synthetic" and "generator" in task:
-            problems.append(f"tasks.{name}.generator: only synthetic tasks take a generator")
+        if task["kind"] in GENERATED_KINDS and task.get("limit") is None:
+            problems.append(f"tasks.{name}.limit: {task['kind']} tasks need a number of problems")
+        if task["kind"] not in GENERATED_KINDS and "generator" in task:
+            problems.append(
+                f"tasks.{name}.generator: only {' and '.join(GENERATED_KINDS)} tasks take one"
+            )
         source = task.get("source")
         if source and is_local_path(source) and not Path(source).expanduser().exists():
             problems.append(f"tasks.{name}.source: no file at {source}")
