@@ -132,13 +132,13 @@ def test_planning_counts_shards_without_reading_data():
     config["tasks"]["arithmetic"]["shard_size"] = 100
     assert shard_rows(config, "arithmetic", 1) == (100, 200)
     runs = planned_runs(config)
-    # greedy: 2 tasks x 1 seed; three temperatures and power: 2 tasks x 4 seeds each;
+    # greedy: 2 tasks x 1 seed; two temperatures and power: 2 tasks x 4 seeds each;
     # two truncations x three methods on binding, 1 seed
-    assert len(runs) == 2 + 4 * 2 * 4 + 2 * 3
+    assert len(runs) == 2 + 3 * 2 * 4 + 2 * 3
     assert len(set(runs)) == len(runs)
     # A method's seeds share its jobs: one per (task, model, method) and shard.
     seeds = run_seeds(config)
-    assert len(seeds) == 2 * 5 + 2 * 3
+    assert len(seeds) == 2 * 4 + 2 * 3
     assert seeds["binding", "toy", "greedy"] == [0]
     assert seeds["binding", "toy", "power_4"] == [0, 1, 2, 3]
 
@@ -324,3 +324,17 @@ def test_truncation_config_is_the_published_experiment_without_its_mistake():
     assert {run.seed for run in runs} == {0, 1, 2, 3}
     assert len({run.model for run in runs}) == 12  # 2 full models, 10 truncations
     assert n_shards(config, "math500") * config["tasks"]["math500"]["shard_size"] == 500
+
+
+def test_an_architecture_the_studies_cannot_serve_is_refused_before_any_job(tmp_path):
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text('{"model_type": "gpt2", "n_layer": 4}')
+    config = default_config()
+    config["models"]["gpt"] = {"source": str(gpt2)}
+    config["studies"]["logit_lens"] = {"tasks": ["binding"], "models": ["toy", "gpt"]}
+    with pytest.raises(UserError, match=r"models.gpt: LogitLens cannot run on its architecture"):
+        validate_config(config, SCHEMA)
+    # A published architecture the studies serve passes, its depth known from the config.
+    config["models"]["gpt"] = {"source": "Qwen/Qwen2.5-Math-1.5B"}
+    validate_config(config, SCHEMA)

@@ -182,10 +182,17 @@ def _analyses(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def model_depth(config: dict[str, Any], model: str) -> int | None:
-    """Decoder blocks of ``model`` when known without loading it: the toy model's from its
-    shape, a rehearsal model's from its settings or published architecture, a local
-    model's from its ``config.json``, a hub model's when it is a published architecture;
+    """Decoder blocks of ``model`` when known without loading it (see :func:`known_fields`);
     else None (checked when the job loads the model)."""
+    depth = known_fields(config, model).get("num_hidden_layers")
+    return depth if isinstance(depth, int) else None
+
+
+def known_fields(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """What the config of ``model`` says, as far as it is known without loading anything:
+    the toy model's from its shape, a rehearsal model's from its published architecture and
+    settings, a local model's from its ``config.json``, a hub model's when it is a published
+    architecture; else ``{}``. Only ``model_type`` and ``num_hidden_layers`` are relied on."""
     from powersampling.architectures import PUBLISHED_CONFIGS, architecture_of_hub_id
     from powersampling.toy.shape import DEFAULT_MODEL_SHAPE
 
@@ -193,23 +200,50 @@ def model_depth(config: dict[str, Any], model: str) -> int | None:
     source = entry["source"]
     if source == TOY_SOURCE:
         shape = {**DEFAULT_MODEL_SHAPE, **(toy_settings(config, model).get("model_shape") or {})}
-        return int(shape["num_hidden_layers"])
+        return {"model_type": "qwen2", **shape}
     if source == REHEARSAL_SOURCE:
         settings = entry.get("rehearsal") or {}
+        fields = dict(PUBLISHED_CONFIGS.get(settings.get("architecture"), {}))
         if settings.get("num_hidden_layers") is not None:
-            return int(settings["num_hidden_layers"])
-        published = PUBLISHED_CONFIGS.get(settings.get("architecture"))
-        return published["num_hidden_layers"] if published else None
+            fields["num_hidden_layers"] = settings["num_hidden_layers"]
+        return fields
     if is_local_path(source):
         try:
             fields = json.loads((Path(source).expanduser() / "config.json").read_text())
         except (OSError, ValueError):
-            return None
-        fields = fields.get("text_config") or fields
-        depth = fields.get("num_hidden_layers")
-        return depth if isinstance(depth, int) else None
+            return {}
+        # Multimodal configs keep the language model's settings under text_config.
+        return fields.get("text_config") or fields
     architecture = architecture_of_hub_id(source)
-    return PUBLISHED_CONFIGS[architecture]["num_hidden_layers"] if architecture else None
+    return dict(PUBLISHED_CONFIGS[architecture]) if architecture else {}
+
+
+def _check_architectures(config: dict[str, Any]) -> list[str]:
+    """Models that truncation, LogitLens or patching is asked to run on but cannot serve,
+    when their architecture is known before any job (else the job refuses them)."""
+    users: dict[str, list[str]] = {}
+    for model in config["models"].values():
+        if "truncation" in model:
+            users.setdefault(model["truncation"]["of"], []).append("truncation")
+    for study, section in _analyses(config).items():
+        for name in section["models"]:
+            base = config["models"].get(name, {}).get("truncation", {}).get("of", name)
+            users.setdefault(base, []).append({"logit_lens": "LogitLens"}.get(study, study))
+    if not users:
+        return []
+    from powersampling.anatomy import FAMILIES  # where blocks and norm are, per family
+
+    problems = []
+    for name, what in users.items():
+        if name not in config["models"]:
+            continue  # reported as an unknown name
+        kind = known_fields(config, name).get("model_type")
+        if kind is not None and kind not in FAMILIES:
+            problems.append(
+                f"models.{name}: {' and '.join(dict.fromkeys(what))} cannot run on its "
+                f"architecture {kind!r} (supported: {', '.join(sorted(FAMILIES))})"
+            )
+    return problems
 
 
 def _check_references(config: dict[str, Any]) -> list[str]:
@@ -246,6 +280,7 @@ def _check_references(config: dict[str, Any]) -> list[str]:
             )
     for name, model in config["models"].items():
         problems += _check_model(name, model, config["tasks"])
+    problems += _check_architectures(config)
     for name, task in config["tasks"].items():
         if task["kind"] in GENERATED_KINDS and task.get("limit") is None:
             problems.append(f"tasks.{name}.limit: {task['kind']} tasks need a number of problems")
