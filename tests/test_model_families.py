@@ -172,6 +172,11 @@ def test_static_engine_greedy_is_uncached_argmax_decoding(model):
 
 
 def test_power_sampling_runs_and_records_are_well_formed(model):
+    check_power_sampling(model)
+
+
+def check_power_sampling(model):
+    """Power sampling runs on ``model`` and its records are well formed (log p rescored)."""
     engine = engine_for(model)
     sampler = PowerSampler(engine, alpha=2.0, block_size=3, max_new_tokens=7, mcmc_steps=2)
     prompts = PREFIXES * 2

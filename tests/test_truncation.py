@@ -20,12 +20,12 @@ import transformers as tf
 from helpers_models import one_torch_thread  # noqa: F401
 from test_model_families import (
     BUDGETS,
-    EOS,
     FAMILIES,
     LATE,
     PREFIXES,
     build,
     check_argmax_decoding,
+    check_power_sampling,
     engine_for,
     family_config,
     roll,
@@ -34,8 +34,6 @@ from test_model_families import (
 from powersampling.anatomy import anatomy, block_hidden
 from powersampling.engine import RollingDecoder
 from powersampling.errors import UserError
-from powersampling.samplers.power import PowerSampler
-from powersampling.seeding import torch_generator
 from powersampling.truncation import kept_blocks, truncate_model, truncation_name
 
 pytestmark = [
@@ -182,19 +180,7 @@ def test_static_engine_greedy_is_uncached_argmax_decoding(model):
 
 
 def test_power_sampling_runs_and_records_are_well_formed(model):
-    engine = engine_for(model)
-    sampler = PowerSampler(engine, alpha=2.0, block_size=3, max_new_tokens=7, mcmc_steps=2)
-    prompts = PREFIXES * 2
-    out = sampler.sample(prompts, torch_generator(0), budgets=[7, 5, 7, 4, 7, 6])
-    logp, _ = engine.score(prompts, [o["completion_ids"] for o in out])
-    for o, lp, budget in zip(out, logp, [7, 5, 7, 4, 7, 6], strict=True):
-        n = o["n_new_tokens"]
-        assert o["token_budget"] == budget and 1 <= n <= budget
-        assert o["completion_ids"] and min(o["completion_ids"]) >= 0
-        assert (o["finish_reason"] == "eos") == (o["completion_ids"][-1] == EOS)
-        assert o["finish_reason"] == "eos" or n == budget
-        assert o["logp_sum"] == pytest.approx(float(lp.sum()), abs=1e-4)
-        assert o["proposals"] == 2 * len(o["sampler_trace"])
+    check_power_sampling(model)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

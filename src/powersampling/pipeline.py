@@ -289,6 +289,27 @@ def _load_model(model: dict[str, Any], source: str, device: str, tokenizer, log:
 # Inside the model: LogitLens and activation patching
 
 
+def _analysis_inputs(model, model_dir, task_name, task, task_seed, data_path, rows, threads):
+    """What a LogitLens or patching job reads before loading weights: the task, the shard's
+    problems and rows, their prompts' token ids, the model folder and its tokenizer."""
+    import torch
+
+    from powersampling.generation import shard_prompts
+    from powersampling.models import load_tokenizer
+    from powersampling.tasks.prompts import uses_chat_template
+
+    torch.set_num_threads(threads)
+    task_obj = task_with_data(task_name, task, seed=task_seed, data_path=data_path)
+    problems = task_obj.load().iloc[rows[0] : rows[1]].reset_index(drop=True)
+    source = str(model_dir or model["source"])
+    tokenizer = load_tokenizer(source, local_files_only=True)
+    chat_template = uses_chat_template(model.get("chat_template", False), task_name)
+    shard, _, prompt_ids = shard_prompts(
+        task_obj, problems, tokenizer, chat_template, bool(model.get("instruct", False))
+    )
+    return task_obj, problems, shard, prompt_ids, source, tokenizer
+
+
 def logit_lens_shard(
     *,
     data_path,
@@ -310,24 +331,14 @@ def logit_lens_shard(
     residual stream is read out through the final norm and LM head, at the last prompt
     token and over the answer (:func:`powersampling.interp.logit_lens.logit_lens`).
     Rows also say whether the greedy answer is right, so the lens can be split by it."""
-    import torch
-
     from powersampling.engine import DecodingEngine
-    from powersampling.generation import shard_prompts
     from powersampling.interp.logit_lens import logit_lens
-    from powersampling.models import eos_token_ids, load_tokenizer
+    from powersampling.models import eos_token_ids
     from powersampling.samplers import get_sampler
     from powersampling.seeding import torch_generator
-    from powersampling.tasks.prompts import uses_chat_template
 
-    torch.set_num_threads(threads)
-    task_obj = task_with_data(task_name, task, seed=task_seed, data_path=data_path)
-    problems = task_obj.load().iloc[rows[0] : rows[1]].reset_index(drop=True)
-    source = str(model_dir or model["source"])
-    tokenizer = load_tokenizer(source, local_files_only=True)
-    chat_template = uses_chat_template(model.get("chat_template", False), task_name)
-    shard, _, prompt_ids = shard_prompts(
-        task_obj, problems, tokenizer, chat_template, bool(model.get("instruct", False))
+    task_obj, _, shard, prompt_ids, source, tokenizer = _analysis_inputs(
+        model, model_dir, task_name, task, task_seed, data_path, rows, threads
     )
     lm, tokenizer = _load_model(model, source, device, tokenizer, log)
     engine = DecodingEngine(
@@ -384,25 +395,14 @@ def patching_shard(
     for instruction-style prompts, the worked answer otherwise. Pairs are dropped, and
     counted in ``counts_path``, when their prompts tokenize to different lengths or their
     answers begin with the same token (the logit difference would compare a token with
-    itself); the task's own count of pairs with equal answers is added."""
-    import torch
-
-    from powersampling.generation import shard_prompts
+    itself); the pairs task's own drops are added by :func:`collect_patching`."""
     from powersampling.interp.patching import patch_pairs
-    from powersampling.models import load_tokenizer
-    from powersampling.tasks.prompts import uses_chat_template
 
-    torch.set_num_threads(threads)
-    task_obj = task_with_data(task_name, task, seed=task_seed, data_path=data_path)
+    task_obj, problems, shard, prompt_ids, source, tokenizer = _analysis_inputs(
+        model, model_dir, task_name, task, task_seed, data_path, rows, threads
+    )
     if task_obj.kind != "pairs":
         raise UserError(f"activation patching needs a pairs task; {task_name} is {task_obj.kind}")
-    problems = task_obj.load().iloc[rows[0] : rows[1]].reset_index(drop=True)
-    source = str(model_dir or model["source"])
-    tokenizer = load_tokenizer(source, local_files_only=True)
-    chat_template = uses_chat_template(model.get("chat_template", False), task_name)
-    shard, _, prompt_ids = shard_prompts(
-        task_obj, problems, tokenizer, chat_template, bool(model.get("instruct", False))
-    )
     worked = task_obj.prompt_style == "worked" and "solution" in problems
     answer_text = [row["solution"] if worked else row["answer"] for row in shard]
     answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
