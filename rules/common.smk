@@ -202,6 +202,6 @@ def analysis_shards(study):
 def studies_in_config():
     """The studies whose tables this config makes (the figures of the others are left out)."""
     studies = {name for name in ("logit_lens", "patching") if name in config["studies"]}
-    if any("truncation" in model for model in config["models"].values()):
+    if any("truncation" in config["models"][run.model] for run in RUNS):
         studies.add("truncation")
     return studies

@@ -23,11 +23,6 @@ PER_TASK = 60  # 120 problems: the band's edges are about 4 standard errors from
     not (MODEL / "model.safetensors").is_file() or not all(p.is_file() for p in TASKS.values()),
     reason="the demo's toy model is not built here (run `make demo` first)",
 )
-@pytest.mark.xfail(
-    reason="the default training budget leaves the demo's model below the band "
-    "(README, 'The toy world': greedy 5.5% on arithmetic, 29.5% on binding)",
-    strict=False,
-)
 def test_demo_model_greedy_accuracy_is_in_the_band():
     import torch
 

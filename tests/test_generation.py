@@ -142,7 +142,7 @@ def job_inputs(tmp_path_factory):
     from powersampling.toy.tokenizer import VOCAB_SIZE, build_char_tokenizer
 
     root = tmp_path_factory.mktemp("job")
-    shape = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    shape = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
     build_toy_model(toy_model_config(VOCAB_SIZE, **shape), seed=0).save_pretrained(root / "m")
     build_char_tokenizer().save_pretrained(root / "m")
     task = {"kind": "synthetic", "limit": 4, "generator": {"kinds": ["arithmetic"]}}

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-# About 0.8M parameters: 4 blocks of width 128 with grouped-query attention.
+# About 0.8M parameters: 4 blocks of width 128 with grouped-query attention. Eight heads of
+# 16 rather than four of 32 (same parameters): writing a worked answer means finding the
+# question's next number, and with more heads that lookup is learned in more training runs
+# (greedy accuracy 24-42% over four seeds, against 6-40% over two with four heads).
 DEFAULT_MODEL_SHAPE = {
     "hidden_size": 128,
     "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
     "intermediate_size": 384,
     "max_position_embeddings": 384,
 }
