@@ -68,8 +68,9 @@ slurm-profile:
 clean:
 	rm -rf results logs .snakemake reports/report.html data/*.parquet
 
-# The engine tests on the oldest transformers pyproject.toml allows, installed beside the
-# venv's own (not over it) and put first on PYTHONPATH. It needs an older huggingface_hub
+# The engine, truncation, LogitLens and patching tests on the oldest transformers
+# pyproject.toml allows, installed beside the venv's own (not over it) and put first on
+# PYTHONPATH. It needs an older huggingface_hub
 # (< 2: the one that talks httpx) and tokenizers (<= 0.23.0) than the latest transformers;
 # they are installed with it, --no-deps keeps torch, numpy and the rest the venv's.
 # `make test-transformers-floor TRANSFORMERS_FLOOR=5.4.0` passes too, except for OLMoE,
@@ -79,7 +80,8 @@ FLOOR := $(VENV)/transformers-$(TRANSFORMERS_FLOOR)
 FLOOR_PACKAGES := "transformers==$(TRANSFORMERS_FLOOR)" "huggingface_hub>=1.5,<2" \
 	"tokenizers>=0.22,<=0.23.0" "httpx<1" "httpcore<2"
 FLOOR_TESTS := tests/test_engine.py tests/test_rolling.py tests/test_power.py \
-	tests/test_model_families.py
+	tests/test_model_families.py tests/test_truncation.py tests/test_logit_lens.py \
+	tests/test_patching.py
 
 .PHONY: test-transformers-floor
 test-transformers-floor: install
