@@ -150,7 +150,12 @@ def roll(decoder, rows, late=None):
 
 
 def test_rolling_decoder_greedy_is_uncached_argmax_decoding(model):
-    """Rows join at different times, wait for slots, run beside other paddings."""
+    check_rolling_greedy(model)
+
+
+def check_rolling_greedy(model):
+    """Rows join at different times, wait for slots, run beside other paddings; each decodes
+    as uncached argmax decoding of ``model`` would."""
     decoder = RollingDecoder(engine_for(model), slots=2, max_len=20, greedy=True)
     rows = [(p, b, i) for i, (p, b) in enumerate(zip(PREFIXES, BUDGETS, strict=True))]
     done = roll(decoder, rows, LATE)
@@ -162,6 +167,11 @@ def test_rolling_decoder_greedy_is_uncached_argmax_decoding(model):
 
 
 def test_static_engine_greedy_is_uncached_argmax_decoding(model):
+    check_static_greedy(model)
+
+
+def check_static_greedy(model):
+    """The static engine's greedy rows are uncached argmax decoding of ``model``."""
     prefixes = PREFIXES + [p for joined in LATE.values() for p, _, _ in joined]
     budgets = BUDGETS + [b for joined in LATE.values() for _, b, _ in joined]
     ext = engine_for(model).extend(prefixes, budgets, greedy=True)

@@ -19,20 +19,15 @@ import torch
 import transformers as tf
 from helpers_models import one_torch_thread  # noqa: F401
 from test_model_families import (
-    BUDGETS,
     FAMILIES,
-    LATE,
-    PREFIXES,
     build,
-    check_argmax_decoding,
     check_power_sampling,
-    engine_for,
+    check_rolling_greedy,
+    check_static_greedy,
     family_config,
-    roll,
 )
 
 from powersampling.anatomy import anatomy, block_hidden
-from powersampling.engine import RollingDecoder
 from powersampling.errors import UserError
 from powersampling.truncation import kept_blocks, truncate_model, truncation_name
 
@@ -161,22 +156,11 @@ def model(request):
 
 
 def test_rolling_decoder_greedy_is_uncached_argmax_decoding(model):
-    decoder = RollingDecoder(engine_for(model), slots=2, max_len=20, greedy=True)
-    rows = [(p, b, i) for i, (p, b) in enumerate(zip(PREFIXES, BUDGETS, strict=True))]
-    done = roll(decoder, rows, LATE)
-    want = rows + [row for joined in LATE.values() for row in joined]
-    assert set(done) == {tag for _, _, tag in want}
-    for prefix, budget, tag in want:
-        row = done[tag]
-        check_argmax_decoding(model, prefix, row.tokens, row.stats.logp, row.finish_reason, budget)
+    check_rolling_greedy(model)
 
 
 def test_static_engine_greedy_is_uncached_argmax_decoding(model):
-    ext = engine_for(model).extend(PREFIXES, BUDGETS, greedy=True)
-    for i, (prefix, budget) in enumerate(zip(PREFIXES, BUDGETS, strict=True)):
-        check_argmax_decoding(
-            model, prefix, ext.tokens[i], ext.logp[i], ext.finish_reason[i], budget
-        )
+    check_static_greedy(model)
 
 
 def test_power_sampling_runs_and_records_are_well_formed(model):

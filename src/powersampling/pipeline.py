@@ -176,33 +176,21 @@ def generate(
     logged), and a memory plan (:mod:`powersampling.memory`) picks the largest batch that
     fits the device, or refuses with the numbers. The plan is printed to the job's log.
     """
-    import torch
 
-    from powersampling.generation import generate_shard, row_budgets, shard_prompts
+    from powersampling.generation import generate_shard, row_budgets
     from powersampling.memory import plan_generation
     from powersampling.models import (
         load_context_length,
-        load_tokenizer,
         resolve_device,
     )
     from powersampling.samplers import method_params
     from powersampling.tasks.prompts import uses_chat_template
 
-    torch.set_num_threads(threads)
-    start, stop = rows
-    task_obj = task_with_data(task_name, task, seed=task_seed, data_path=data_path)
-    problems = task_obj.load().iloc[start:stop].reset_index(drop=True)
-    if problems.empty:
-        raise UserError(f"shard {shard} of task {task_name} has no problems (rows {start}-{stop})")
-    # A folder made by the workflow (toy, rehearsal, staged hub model) or named in the
-    # config: read locally, never from the hub.
-    source = str(model_dir or model["source"])
-    tokenizer = load_tokenizer(source, local_files_only=True)
+    task_obj, problems, shard_rows, prompt_ids, source, tokenizer = _shard_inputs(
+        model, model_dir, task_name, task, task_seed, data_path, rows, threads, shard=shard
+    )
     chat_template = uses_chat_template(model.get("chat_template", False), task_name)
     instruct = bool(model.get("instruct", False))
-    shard_rows, _, prompt_ids = shard_prompts(
-        task_obj, problems, tokenizer, chat_template, instruct
-    )
     max_new_tokens = method_params(method).get("max_new_tokens")
     budgets = row_budgets(
         shard_rows,
@@ -289,9 +277,12 @@ def _load_model(model: dict[str, Any], source: str, device: str, tokenizer, log:
 # Inside the model: LogitLens and activation patching
 
 
-def _analysis_inputs(model, model_dir, task_name, task, task_seed, data_path, rows, threads):
-    """What a LogitLens or patching job reads before loading weights: the task, the shard's
-    problems and rows, their prompts' token ids, the model folder and its tokenizer."""
+def _shard_inputs(
+    model, model_dir, task_name, task, task_seed, data_path, rows, threads, shard=None
+):
+    """What a generation, LogitLens or patching job reads before loading weights: the task,
+    the shard's problems and rows, their prompts' token ids, the model folder (made by the
+    workflow or named in the config: read locally, never from the hub) and its tokenizer."""
     import torch
 
     from powersampling.generation import shard_prompts
@@ -301,6 +292,9 @@ def _analysis_inputs(model, model_dir, task_name, task, task_seed, data_path, ro
     torch.set_num_threads(threads)
     task_obj = task_with_data(task_name, task, seed=task_seed, data_path=data_path)
     problems = task_obj.load().iloc[rows[0] : rows[1]].reset_index(drop=True)
+    if problems.empty:
+        where = f"shard {shard} of task {task_name}" if shard is not None else f"task {task_name}"
+        raise UserError(f"{where} has no problems (rows {rows[0]}-{rows[1]})")
     source = str(model_dir or model["source"])
     tokenizer = load_tokenizer(source, local_files_only=True)
     chat_template = uses_chat_template(model.get("chat_template", False), task_name)
@@ -337,7 +331,7 @@ def logit_lens_shard(
     from powersampling.samplers import get_sampler
     from powersampling.seeding import torch_generator
 
-    task_obj, _, shard, prompt_ids, source, tokenizer = _analysis_inputs(
+    task_obj, _, shard, prompt_ids, source, tokenizer = _shard_inputs(
         model, model_dir, task_name, task, task_seed, data_path, rows, threads
     )
     lm, tokenizer = _load_model(model, source, device, tokenizer, log)
@@ -398,7 +392,7 @@ def patching_shard(
     itself); the pairs task's own drops are added by :func:`collect_patching`."""
     from powersampling.interp.patching import patch_pairs
 
-    task_obj, problems, shard, prompt_ids, source, tokenizer = _analysis_inputs(
+    task_obj, problems, shard, prompt_ids, source, tokenizer = _shard_inputs(
         model, model_dir, task_name, task, task_seed, data_path, rows, threads
     )
     if task_obj.kind != "pairs":
