@@ -126,6 +126,41 @@ def test_same_seed_same_output_and_different_seed_differs(engine):
     assert [o["completion_ids"] for o in a] != [o["completion_ids"] for o in c]
 
 
+def test_a_chain_depends_on_its_seed_not_on_the_other_chains(engine):
+    """Each chain draws from its own stream: alone, among others, in another order or
+    through a smaller batch, a chain with the same prompt and seed gives the same answer
+    (log p equal up to the float rounding of another batch layout)."""
+    sampler = PowerSampler(engine, alpha=2.0, block_size=4, max_new_tokens=12, mcmc_steps=3)
+    prompts = PROMPTS * 3
+    seeds = list(range(100, 100 + len(prompts)))
+
+    def chains(out):
+        exact = [(o["completion_ids"], o["acceptance_rate"], o["tokens_decoded"]) for o in out]
+        return exact, [o["logp_sum"] for o in out]
+
+    together, logp = chains(sampler.sample(prompts, None, chain_seeds=seeds))
+    for j in [0, 5, 11]:
+        alone, alone_logp = chains(sampler.sample([prompts[j]], None, chain_seeds=[seeds[j]]))
+        assert alone == [together[j]] and alone_logp == pytest.approx([logp[j]], rel=1e-5)
+    order = list(reversed(range(len(prompts))))
+    reordered, _ = chains(
+        sampler.sample([prompts[j] for j in order], None, chain_seeds=[seeds[j] for j in order])
+    )
+    assert reordered[::-1] == together
+    small = PowerSampler(
+        DecodingEngine(engine.model, eos_token_ids=[EOS], pad_token_id=EOS, max_batch_size=2),
+        alpha=2.0, block_size=4, max_new_tokens=12, mcmc_steps=3,
+    )  # fmt: skip
+    assert chains(small.sample(prompts, None, chain_seeds=seeds))[0] == together
+    # another seed, another chain; a wrong number of seeds is refused
+    many = PROMPTS * 4
+    other = sampler.sample(many, None, chain_seeds=list(range(16)))
+    pairs = {(tuple(p), tuple(o["completion_ids"])) for p, o in zip(many, other, strict=True)}
+    assert len(pairs) > len(PROMPTS)  # some prompt got different answers from its seeds
+    with pytest.raises(UserError, match="3 chain seeds for 2 prompts"):
+        sampler.sample(PROMPTS[:2], None, chain_seeds=[1, 2, 3])
+
+
 def test_length_cap_without_eos(no_eos_engine):
     sampler = PowerSampler(no_eos_engine, alpha=4.0, block_size=4, max_new_tokens=10, mcmc_steps=2)
     out = sampler.sample(PROMPTS, torch_generator(0))
@@ -215,9 +250,9 @@ def test_chains_store_only_their_answers_cache(engine, monkeypatch):
     adds, kept = [], {}
     add, kv = RollingDecoder.add, RollingDecoder.kv
 
-    def spy_add(self, pieces, token, budget, tag):
+    def spy_add(self, pieces, token, budget, tag, stream=None):
         adds.append((tag, list(pieces)))
-        add(self, pieces, token, budget, tag)
+        add(self, pieces, token, budget, tag, stream)
 
     def spy_kv(self, row, skip=0):
         out = kv(self, row, skip)

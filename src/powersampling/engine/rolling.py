@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from powersampling.engine.batch import DecodingEngine
@@ -111,8 +112,11 @@ class RollingDecoder:
     ``slots``, when rows wait).
 
     Sampling is that of :meth:`DecodingEngine.extend` (temperature, top-k, greedy), with
-    the same per-token ``log p``, ``log q``, entropy and top-1. All draws come from
-    ``generator``; given its seed and the same sequence of calls, the output is the same.
+    the same per-token ``log p``, ``log q``, entropy and top-1. Draws come from
+    ``generator`` (given its seed and the same sequence of calls, the output is the same),
+    or, with ``row_streams``, from each row's own stream (a ``numpy.random.Generator``
+    given to :meth:`add`; one uniform per new token, :func:`~powersampling.engine.tokens.
+    inverse_cdf_draw`), so that what a row draws does not depend on the other rows.
 
     ``kv_store`` says where the caches this decoder hands out (:meth:`prefill`,
     :meth:`kv`) live: ``"device"`` (the model's), or ``"host"`` (CPU memory, pinned when the
@@ -144,6 +148,7 @@ class RollingDecoder:
         top_k: int | None = None,
         greedy: bool = False,
         generator: torch.Generator | None = None,
+        row_streams: bool = False,
         kv_store: str = "device",
     ):
         check_sampling(temperature, top_k, greedy)
@@ -171,6 +176,7 @@ class RollingDecoder:
             greedy,
             generator,
         )
+        self.row_streams = row_streams and not greedy
         self.kv_store = kv_store
         self.max_len = max_len  # longest row: cached prefix + new tokens
         self.n_layers = cfg.num_hidden_layers
@@ -202,6 +208,7 @@ class RollingDecoder:
         self.tok_buf = torch.zeros((slots, self.max_len), dtype=torch.long, device=d)
         self.stats = TokenStats.zeros(slots, self.max_len, device=d)  # [S, max_len] each
         self.tags: list = [None] * slots  # None: free slot
+        self.streams: list = [None] * slots  # each busy row's random stream (row_streams)
         self.start = [0] * slots  # first cache column of each busy row
 
     @property
@@ -252,10 +259,17 @@ class RollingDecoder:
             self.tokens_prefilled += sum(len(prefixes[r]) for r in chunk)
         return out
 
-    def add(self, kv: torch.Tensor | Sequence[torch.Tensor], token: int, budget: int, tag) -> None:
+    def add(
+        self,
+        kv: torch.Tensor | Sequence[torch.Tensor],
+        token: int,
+        budget: int,
+        tag,
+        stream: np.random.Generator | None = None,
+    ) -> None:
         """Queue a row: cached prefix ``kv``, then ``token`` (fed at position c), then up to
         ``budget`` >= 1 new tokens. ``tag`` names the row in :class:`Finished` (any object
-        but None).
+        but None). ``stream``: the row's random stream, required with ``row_streams``.
 
         ``kv`` is one cache [layers, 2, kv_heads, c, head_dim] or a sequence of such pieces
         whose columns add up to c (e.g. a prompt's cache, then an answer's); pieces may live
@@ -282,7 +296,9 @@ class RollingDecoder:
             )
         if tag is None:
             raise UserError("a row's tag must not be None")
-        self.queue.append((pieces, c, int(token), int(budget), tag))
+        if self.row_streams and stream is None:
+            raise UserError("this decoder draws from each row's own stream: give add() one")
+        self.queue.append((pieces, c, int(token), int(budget), tag, stream))
 
     def _admit(self) -> None:
         """Move queued rows into free slots, right-aligned just before column ``hi``."""
@@ -294,7 +310,7 @@ class RollingDecoder:
         hi, buf = self.cache.hi, self.cache.buf
         joined = list(zip(free, self.queue, strict=False))
         self.queue = self.queue[len(joined) :]
-        for s, (pieces, c, _, _, tag) in joined:
+        for s, (pieces, c, _, _, tag, stream) in joined:
             col = hi - c
             for p in pieces:  # one after the other; a host piece is copied to the device here
                 w = p.shape[-2]
@@ -303,7 +319,7 @@ class RollingDecoder:
                 col += w
             self.mask[s] = False
             self.mask[s, hi - c : hi] = True
-            self.tags[s], self.start[s] = tag, hi - c
+            self.tags[s], self.start[s], self.streams[s] = tag, hi - c, stream
         idx = torch.tensor([s for s, _ in joined], device=self.device)
         vals = torch.tensor([[q[2], q[1], q[3]] for _, q in joined], device=self.device)
         # token, position, budget
@@ -342,6 +358,7 @@ class RollingDecoder:
             setattr(self, name, getattr(self, name)[idx])
         self.stats = self.stats[idx]
         self.tags = [self.tags[s] for s in keep]
+        self.streams = [self.streams[s] for s in keep]
         self.start = [self.start[s] for s in keep]
 
     def _grow(self, n: int) -> list[int]:
@@ -355,6 +372,7 @@ class RollingDecoder:
         self.budget = torch.cat([self.budget, self.budget.new_ones(n)])
         self.stats = self.stats.map(lambda t: torch.cat([t, t.new_zeros((n, self.max_len))]))
         self.tags += [None] * n
+        self.streams += [None] * n
         self.start += [c.hi] * n
         return list(range(S, S + n))
 
@@ -398,8 +416,17 @@ class RollingDecoder:
         )
         c.hi += 1
         self.steps += 1
+        uniforms = None
+        if self.row_streams:  # one draw per busy row from its stream; free rows draw nothing
+            u = [0.0 if st is None else st.random() for st in self.streams]
+            uniforms = torch.tensor(u, dtype=torch.float64, device=self.device)
         tok, picked = pick_tokens(
-            result.logits[:, -1, :], self.temperature, self.top_k, self.greedy, self.generator
+            result.logits[:, -1, :],
+            self.temperature,
+            self.top_k,
+            self.greedy,
+            self.generator,
+            uniforms,
         )  # [S]
         S = len(self.tags)
         rows = torch.arange(S, device=self.device)
@@ -434,7 +461,7 @@ class RollingDecoder:
                     step=self.steps,
                 )
             )
-            self.tags[s] = None
+            self.tags[s] = self.streams[s] = None
         return finished
 
     def kv(self, row: Finished, skip: int = 0) -> torch.Tensor:

@@ -5,11 +5,14 @@ full vocabulary), ``log q`` (the distribution the token was actually drawn from:
 and optional top-k applied), and the entropy and top-1 probability of the base distribution:
 a :class:`TokenStats`.
 
-Randomness: sampling draws with ``torch.multinomial(..., generator=generator)``. The generator
-must live on the model's device (a CUDA generator for a model on CUDA, e.g.
-``powersampling.seeding.torch_generator(seed, model.device)``). On CPU the same generator
-state gives the same tokens; the draws a row gets depend on the batch it is in (its place and
-the other rows), so reproducibility is per call, not per row.
+Randomness, two ways. With a ``generator``, sampling draws with
+``torch.multinomial(..., generator=generator)``; the generator must live on the model's device
+(a CUDA generator for a model on CUDA, e.g. ``powersampling.seeding.torch_generator(seed,
+model.device)``). On CPU the same generator state gives the same tokens, but the draws a row
+gets depend on the batch it is in (its place and the other rows): reproducibility is per call.
+With ``uniforms`` (one number in [0, 1) per row, from the row's own random stream), each row's
+token is the inverse of q's CDF at its number, so what a row draws depends on its stream alone,
+never on the other rows of the batch (the power sampler's chains use this).
 """
 
 from __future__ import annotations
@@ -89,11 +92,13 @@ def pick_tokens(
     top_k: int | None,
     greedy: bool,
     generator: torch.Generator | None,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, TokenStats]:
     """Choose one token per row from logits [b, V]: the tokens [b] and their float32 stats.
 
     Greedy takes the first maximum (the lowest id among ties) and has ``logq`` 0; otherwise
-    one ``torch.multinomial`` draw per row from q.
+    one draw per row from q: ``torch.multinomial`` with ``generator``, or, given ``uniforms``
+    (float64 [b] in [0, 1), on the logits' device), :func:`inverse_cdf_draw`.
     """
     logp_all = torch.log_softmax(logits.float(), dim=-1)  # [b, V] base model, T=1
     p = logp_all.exp()
@@ -105,10 +110,28 @@ def pick_tokens(
     else:
         same = is_base_distribution(temperature, top_k, logits.shape[-1])
         logq_all = logp_all if same else log_q(logits, temperature, top_k)  # [b, V]
-        tok = torch.multinomial(logq_all.exp(), 1, generator=generator).squeeze(1)  # [b]
+        if uniforms is None:
+            tok = torch.multinomial(logq_all.exp(), 1, generator=generator).squeeze(1)  # [b]
+        else:
+            tok = inverse_cdf_draw(logq_all.exp(), uniforms)
         logq = logq_all.gather(1, tok[:, None]).squeeze(1)
     logp = logp_all.gather(1, tok[:, None]).squeeze(1)
     return tok, TokenStats(logp, logq, entropy, top1)
+
+
+def inverse_cdf_draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Per row, the first token whose cumulative probability exceeds u·total: probs [b, V],
+    uniforms [b] in [0, 1) → tokens [b].
+
+    The CDF is summed in float64 and u is scaled by the row's total, so rounding of the
+    probabilities never leaves u past the end; a token of probability 0 is never chosen (the
+    CDF does not rise there), also when rounding of u·total reaches the total itself.
+    """
+    cdf = probs.double().cumsum(-1)  # [b, V]
+    target = (uniforms.double() * cdf[:, -1]).unsqueeze(1)  # [b, 1]
+    tok = torch.searchsorted(cdf, target, right=True).squeeze(1)  # [b]
+    last = cdf.argmax(-1)  # the first column reaching the total: the last token with p > 0
+    return torch.where(tok < probs.shape[-1], tok, last)
 
 
 def row_budgets(max_new_tokens: int | list[int], n: int) -> list[int]:

@@ -39,10 +39,15 @@ as a proposal ends (EOS or the cap), that chain's accept/reject is done and its 
 proposal (next MH step, or the next block's extension) joins the batch at the next decode
 step. So no chain waits for the longest suffix of the others, and every decode step runs a
 full batch while work is left. Each chain's transitions are unchanged (same proposal law,
-same acceptance test); only their interleaving across chains differs. All random choices
-(tokens, cut indices, accept draws) come from the one generator passed to
-:meth:`PowerSampler.sample`; the output is a function of its seed and the prompts (and
-``max_batch_size``), but a chain's draws depend on the other chains in the batch.
+same acceptance test); only their interleaving across chains differs.
+
+Randomness: every chain has its own stream (a ``numpy.random.Generator`` from the chain's
+seed) for all its random choices: its tokens (one uniform per token, drawn by the decoder
+through the inverse CDF of q), cut indices and accept draws. So a chain's answer is a
+function of its prompt, budget and seed alone (up to float rounding of the batched forward
+passes): not of the other chains, their number, their order or ``max_batch_size``. A
+generation job seeds each chain from its problem and run seed; dynamic power sampling relies
+on this to run, for real, exactly the trajectories it replays from a pool.
 
 KV reuse: each distinct prompt is encoded once (all but its last token), and that cache
 is one tensor shared by the chains of the prompt. A chain keeps the KV cache of its own
@@ -80,6 +85,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from powersampling.errors import UserError
 from powersampling.samplers.base import Param, Sampler, completion_record, token_budgets
 
 if TYPE_CHECKING:  # annotations only; see sample() for the runtime import
@@ -107,6 +113,8 @@ class _Chain:
     entropy: np.ndarray = field(default_factory=lambda: np.zeros(0))
     top1: np.ndarray = field(default_factory=lambda: np.zeros(0))
     eos: bool = False  # the current answer ends with an EOS token
+    # Every random choice of the chain: its tokens, cut indices and accept draws.
+    stream: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     # KV cache of the prompt without its last token, shared with the prompt's other chains:
     # [layers, 2, kv_heads, P - 1, head_dim]
     prompt_kv: torch.Tensor | None = None
@@ -236,22 +244,35 @@ class PowerSampler(Sampler):
     def sample(
         self,
         prompts: list[list[int]],
-        generator: torch.Generator,
+        generator: torch.Generator | None,
         budgets: list[int] | None = None,
+        chain_seeds: list[int] | None = None,
     ) -> list[dict]:
         """One power-sampled completion per prompt (repeat a prompt for several chains).
 
         ``budgets``: the most new tokens of each chain (1..``max_new_tokens``; None: all
         ``max_new_tokens``); a chain's blocks are capped at ``block_caps(block_size, budget)``.
+        ``chain_seeds``: each chain's seed (one integer >= 0 per prompt); None draws them from
+        ``generator``. A chain's answer depends on its seed, not on the other chains.
         ``chain_lifetime_s`` of a row is the time from the start of the call until its chain
         finished (chains run together, so it is an elapsed time, not a private cost).
         """
         t0 = time.perf_counter()
         p = self.params
         budgets = token_budgets(budgets, len(prompts), p["max_new_tokens"])
+        if chain_seeds is None:
+            device = generator.device if generator is not None else "cpu"
+            drawn = torch.randint(2**62, (len(prompts),), generator=generator, device=device)
+            chain_seeds = drawn.tolist()
+        elif len(chain_seeds) != len(prompts):
+            raise UserError(f"{len(chain_seeds)} chain seeds for {len(prompts)} prompts")
         chains = [
-            _Chain(prompt=list(q), caps=block_caps(p["block_size"], b))
-            for q, b in zip(prompts, budgets, strict=True)
+            _Chain(
+                prompt=list(q),
+                caps=block_caps(p["block_size"], b),
+                stream=np.random.default_rng(int(seed)),
+            )
+            for q, b, seed in zip(prompts, budgets, chain_seeds, strict=True)
         ]
         if not chains:
             return []
@@ -270,7 +291,7 @@ class PowerSampler(Sampler):
             max_len=longest,
             temperature=self.temperature,
             top_k=self.params["proposal_top_k"],
-            generator=generator,
+            row_streams=True,
             kv_store=self.kv_store,
         )
         # Each distinct prompt is encoded once (all but its last token, which every first
@@ -285,17 +306,13 @@ class PowerSampler(Sampler):
         by_prompt = {key: kv for key, kv in zip(first, kvs, strict=True)}
         for j, c in enumerate(chains):
             c.prompt_kv = by_prompt[tuple(c.prompt)]
-            self._advance(j, c, decoder, generator, t0)
+            self._advance(j, c, decoder, t0)
         while decoder.has_work:
             for row in decoder.step():
                 j = row.tag
-                self._on_proposal(chains[j], row, decoder, generator)
-                self._advance(j, chains[j], decoder, generator, t0)
+                self._on_proposal(chains[j], row, decoder)
+                self._advance(j, chains[j], decoder, t0)
         return [self._record(c) for c in chains]
-
-    def _uniform(self, generator) -> float:
-        device = generator.device if generator is not None else "cpu"
-        return float(torch.rand((), generator=generator, device=device, dtype=torch.float64))
 
     def _propose(self, j: int, chain: _Chain, cut: int, decoder: RollingDecoder) -> None:
         """Queue the proposal prompt + x_{<cut} → q until EOS or the block's cap.
@@ -311,9 +328,9 @@ class PowerSampler(Sampler):
             pieces.append(chain.answer_kv[:, :, :, :cut])
         chain.cut = cut
         chain.prefilled += 1
-        decoder.add(pieces, token, chain.caps[chain.block] - cut, j)
+        decoder.add(pieces, token, chain.caps[chain.block] - cut, j, stream=chain.stream)
 
-    def _advance(self, j: int, chain: _Chain, decoder, generator, t0: float) -> None:
+    def _advance(self, j: int, chain: _Chain, decoder, t0: float) -> None:
         """Queue the chain's next proposal, or close blocks until it needs one or is done."""
         steps = self.params["mcmc_steps"]
         while True:
@@ -330,7 +347,7 @@ class PowerSampler(Sampler):
                     return
             if chain.steps < steps:
                 L = len(chain.tokens)  # >= 1 after a block's extension
-                cut = min(int(self._uniform(generator) * L), L - 1)
+                cut = min(int(chain.stream.random() * L), L - 1)
                 self._propose(j, chain, cut, decoder)
                 return
             chain.trace.append(
@@ -351,9 +368,7 @@ class PowerSampler(Sampler):
             chain.extended = False
             chain.steps = 0
 
-    def _on_proposal(
-        self, chain: _Chain, row: Finished, decoder: RollingDecoder, generator
-    ) -> None:
+    def _on_proposal(self, chain: _Chain, row: Finished, decoder: RollingDecoder) -> None:
         """A proposal came back: take it (extension) or accept/reject it (MH step)."""
         i = chain.cut
         prop_logp, prop_logq = row.stats.logp.numpy(), row.stats.logq.numpy()  # [n] each
@@ -378,7 +393,7 @@ class PowerSampler(Sampler):
                 len(chain.tokens),
                 i + len(row.tokens),
             )
-            u = self._uniform(generator)
+            u = chain.stream.random()
             # u < min(1, r)  ⇔  log u < log r  (u in [0, 1), log 0 = -inf)
             accept = log_r >= 0 or math.log(max(u, 1e-300)) < log_r
         if accept:
