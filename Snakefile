@@ -32,6 +32,7 @@ include: "rules/metrics.smk"
 include: "rules/plots.smk"
 include: "rules/studies.smk"
 include: "rules/interp.smk"
+include: "rules/dps.smk"
 include: "rules/report.smk"
 
 

@@ -14,6 +14,7 @@ from powersampling.config import (
     planned_runs,
     run_seeds,
     task_seed,
+    task_size,
     toy_settings,
     validate_config,
     with_command_line_values,
@@ -182,6 +183,7 @@ def all_outputs():
             if "patching" in config["studies"]
             else []
         ),
+        *(["results/tables/dps.html"] if "dps" in config["studies"] else []),
         "results/config.yaml",
     ]
 
@@ -201,7 +203,95 @@ def analysis_shards(study):
 
 def studies_in_config():
     """The studies whose tables this config makes (the figures of the others are left out)."""
-    studies = {name for name in ("logit_lens", "patching") if name in config["studies"]}
+    studies = {
+        name for name in ("logit_lens", "patching", "dps") if name in config["studies"]
+    }
     if any("truncation" in config["models"][run.model] for run in RUNS):
         studies.add("truncation")
     return studies
+
+
+# Dynamic power sampling (rules/dps.smk)
+
+
+def dps_pairs():
+    """(task, model) of the DPS study: one pool, set of controllers and replay each."""
+    study = config["studies"].get("dps")
+    if study is None:
+        return []
+    return [(task, model) for task in study["tasks"] for model in study["models"]]
+
+
+def dps_pool_shards(task, model):
+    """The graded shards of the study's pool on one task and model."""
+    study = config["studies"]["dps"]
+    return shard_paths(
+        "graded", [Run(task, model, study["pool"], s) for s in range(study["k_max"])]
+    )
+
+
+def dps_embeddings_input(task, model, controller=None):
+    """The question embeddings, for whatever reads them: mlp_hq (or, with no controller
+    named, the evaluation of a study that trains mlp_hq)."""
+    study = config["studies"]["dps"]
+    needed = controller == "mlp_hq" if controller else "mlp_hq" in study["controllers"]
+    if not needed:
+        return {}
+    return {"embeddings": f"results/dps/{task}/{model}/question_embeddings.parquet"}
+
+
+def dps_controller_files(task, model):
+    return {
+        name: f"results/dps/{task}/{model}/controllers/{name}.pkl"
+        for name in config["studies"]["dps"]["controllers"]
+    }
+
+
+def dps_evaluation_files(task, model):
+    folder = f"results/dps/{task}/{model}/evaluation"
+    return {
+        name: f"{folder}/{name}.parquet"
+        for name in ("replay", "summary", "quality", "calibration", "importance")
+    }
+
+
+def dps_runs():
+    """The runs of dps methods (they answer the held-out questions for real)."""
+    return [run for run in RUNS if config["methods"][run.method]["sampler"] == "dps"]
+
+
+def dps_online_taus(task, model):
+    """Per controller, the τ of the dps methods that run on this task and model: the
+    replay adds them to its sweep, to compare the real runs with it."""
+    taus = {}
+    for run in dps_runs():
+        if (run.task, run.model) == (task, model):
+            method = config["methods"][run.method]
+            taus.setdefault(method["controller"], []).append(method["tau"])
+    return taus
+
+
+def dps_generation_inputs(wildcards):
+    """A dps method's controller file (and question embeddings, for mlp_hq)."""
+    method = config["methods"][wildcards.method]
+    if method["sampler"] != "dps":
+        return {}
+    controller = method["controller"]
+    return {
+        "controller": f"results/dps/{wildcards.task}/{wildcards.model}/controllers/"
+        f"{controller}.pkl",
+        **dps_embeddings_input(wildcards.task, wildcards.model, controller),
+    }
+
+
+def dps_generation_params(wildcards):
+    """What a dps generation job needs besides its files: the pool and the schedule."""
+    method = config["methods"][wildcards.method]
+    study = config["studies"].get("dps")
+    if method["sampler"] != "dps":
+        return None
+    return {
+        "pool": study["pool"],
+        "pool_method": config["methods"][study["pool"]],
+        "schedule": {k: study[k] for k in ("k_start", "k_step", "k_max")},
+    }

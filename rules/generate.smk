@@ -8,6 +8,7 @@ with its own random stream, so a seed's rows do not depend on which others share
 rule generate:
     input:
         unpack(model_inputs),
+        unpack(dps_generation_inputs),
         data="data/{task}.parquet",
     output:
         "results/generations/{task}/{model}/{method}/shard{shard}.parquet",
@@ -31,5 +32,6 @@ rule generate:
         task_seed=lambda wildcards: task_seed(config, wildcards.task),
         generation=config["generation"],
         device=config["device"],
+        dps=dps_generation_params,
     script:
         "../workflow/scripts/generate.py"

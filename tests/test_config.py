@@ -108,6 +108,36 @@ def _error_for(mutate) -> str:
             "models.toy.chat_template",
         ),
         (lambda c: c.update(model_cache=""), "model_cache"),
+        # Dynamic power sampling
+        (
+            lambda c: c["studies"]["dps"].update(pool="temp_1.0"),
+            "studies.dps.pool: 'temp_1.0' is not a power-sampling method",
+        ),
+        (
+            lambda c: c["studies"]["dps"].update(k_start=3),
+            "studies.dps: k_start 3 must be below k_max 8, which k_step 2 must reach from it",
+        ),
+        (
+            lambda c: c["studies"]["dps"].update(controllers=["gbdt"]),
+            "methods.dps_mlp_hq.controller: 'mlp_hq' is not one of studies.dps.controllers",
+        ),
+        (
+            lambda c: c["studies"]["dps"].update(controllers=["cart"]),
+            "studies.dps.controllers.0",
+        ),
+        (
+            lambda c: c["studies"].pop("dps"),
+            "methods.dps_mlp_hq: a dps method needs the controllers of studies.dps",
+        ),
+        (
+            lambda c: c["experiments"][-1].update(tasks=["binding"]),
+            "experiments.3: dps runs on the tasks of studies.dps only ('binding'",
+        ),
+        (lambda c: c["methods"]["dps_mlp_hq"].update(tau=1.5), "methods.dps_mlp_hq.tau"),
+        (
+            lambda c: c["studies"]["dps"].update(models=["nope"]),
+            "studies.dps.models: 'nope' is not defined under 'models'",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(mutate, expected):
@@ -133,14 +163,16 @@ def test_planning_counts_shards_without_reading_data():
     assert shard_rows(config, "arithmetic", 1) == (100, 200)
     runs = planned_runs(config)
     # greedy: 2 tasks x 1 seed; two temperatures and power: 2 tasks x 4 seeds each;
-    # two truncations x three methods on binding, 1 seed
-    assert len(runs) == 2 + 3 * 2 * 4 + 2 * 3
+    # two truncations x three methods on binding, 1 seed; dps on arithmetic, 1 seed; and
+    # the DPS pool: power on arithmetic, seeds 4-7 beyond those asked for
+    assert len(runs) == 2 + 3 * 2 * 4 + 2 * 3 + 1 + 4
     assert len(set(runs)) == len(runs)
     # A method's seeds share its jobs: one per (task, model, method) and shard.
     seeds = run_seeds(config)
-    assert len(seeds) == 2 * 4 + 2 * 3
+    assert len(seeds) == 2 * 4 + 2 * 3 + 1
     assert seeds["binding", "toy", "greedy"] == [0]
     assert seeds["binding", "toy", "power_4"] == [0, 1, 2, 3]
+    assert seeds["arithmetic", "toy", "power_4"] == list(range(8))
 
 
 def test_command_line_values_are_typed_and_merged():

@@ -3,6 +3,7 @@
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -185,6 +186,54 @@ def patching_by_layer_rows() -> pd.DataFrame:
     return patching_tables(patching_frame(), [], n_boot=50)["patching_by_layer"]
 
 
+DPS_SWEEP_COLUMNS = ["task", "model", "policy", "tau", "kind", "chosen", "accuracy",
+                     "accuracy_low", "accuracy_high", "tokens_per_question"]  # fmt: skip
+DPS_CALIBRATION_COLUMNS = ["task", "model", "controller", "bin", "n", "mean_p_enough",
+                           "enough_rate"]  # fmt: skip
+DPS_IMPORTANCE_COLUMNS = ["task", "model", "feature", "importance_mean", "importance_std",
+                          "scoring"]  # fmt: skip
+
+
+def dps_sweep_rows():
+    rows = []
+    for task in ["arithmetic", "binding"]:
+        for policy, k in [("fixed_k2", 2), ("fixed_k8", 8), ("esc", 3.1), ("oracle", 2.4)]:
+            kind = "oracle" if policy == "oracle" else "baseline"
+            rows.append((task, policy, np.nan, kind, False, 0.5 + 0.01 * k, 100 * k))
+        for tau in [0.0, 0.3, 1.0]:
+            rows.append((task, "dps_gbdt", tau, "controller", tau == 0.3, 0.55 - 0.02 * tau,
+                         800 - 600 * tau))  # fmt: skip
+    frame = pd.DataFrame(
+        rows, columns=["task", "policy", "tau", "kind", "chosen", "accuracy", "tokens_per_question"]
+    )
+    return frame.assign(
+        model="toy", accuracy_low=frame["accuracy"] - 0.05, accuracy_high=frame["accuracy"] + 0.05
+    )[DPS_SWEEP_COLUMNS]
+
+
+def dps_calibration_rows():
+    rows = [
+        ("arithmetic", "toy", controller, b, 5 + b, (b + 0.5) / 10, min(1.0, (b + 1) / 9))
+        for controller in ["gbdt", "mlp_hq"]
+        for b in range(3, 10)
+    ]
+    return pd.DataFrame(rows, columns=DPS_CALIBRATION_COLUMNS)
+
+
+def dps_importance_rows():
+    features = ["top_answer_share", "k", "perplexity_mean", "distinct_answers"]
+    return pd.DataFrame(
+        {
+            "task": "arithmetic",
+            "model": "toy",
+            "feature": features,
+            "importance_mean": [0.2, 0.05, 0.01, -0.01],
+            "importance_std": 0.01,
+            "scoring": "roc_auc",
+        }
+    )
+
+
 CASES = [
     (plots.plot_accuracy_by_method, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_accuracy_vs_temperature, accuracy_rows, ACCURACY_COLUMNS),
@@ -200,6 +249,9 @@ CASES = [
     (plots.plot_lens_vs_truncation, lens_vs_truncation_rows, LENS_VS_TRUNCATION_COLUMNS),
     (plots.plot_patching_heatmap, patching_heatmap_rows, PATCHING_HEATMAP_COLUMNS),
     (plots.plot_patching_by_layer, patching_by_layer_rows, PATCHING_BY_LAYER_COLUMNS),
+    (plots.plot_dps_pareto, dps_sweep_rows, DPS_SWEEP_COLUMNS),
+    (plots.plot_dps_calibration, dps_calibration_rows, DPS_CALIBRATION_COLUMNS),
+    (plots.plot_dps_importance, dps_importance_rows, DPS_IMPORTANCE_COLUMNS),
 ]
 IDS = [case[0].__name__ for case in CASES]
 
@@ -269,8 +321,9 @@ def test_every_figure_is_registered_once_with_its_table_and_caption():
         assert spec.draw.__name__ == f"plot_{name}"
         tables = {"accuracy", "accuracy_by_difficulty", "pass_at_k", "acceptance_by_block"}
         inside = {"truncation", "logit_lens", "lens_vs_truncation", "patching_heatmap"}
-        assert spec.table in tables | inside | {"sampler_trace", "patching_by_layer"}
-        assert spec.study in {None, "truncation", "logit_lens", "patching"}
+        dps = {"dps_sweep", "dps_calibration", "dps_importance"}
+        assert spec.table in tables | inside | dps | {"sampler_trace", "patching_by_layer"}
+        assert spec.study in {None, "truncation", "logit_lens", "patching", "dps"}
         assert (spec.study is None) == (spec.table in tables | {"sampler_trace"})
         assert spec.category[0].isdigit(), spec.category  # report categories are numbered
         caption = ROOT / spec.caption

@@ -229,6 +229,11 @@ def _check_architectures(config: dict[str, Any]) -> list[str]:
         for name in section["models"]:
             base = config["models"].get(name, {}).get("truncation", {}).get("of", name)
             users.setdefault(base, []).append({"logit_lens": "LogitLens"}.get(study, study))
+    dps = config["studies"].get("dps")
+    if dps is not None and "mlp_hq" in dps["controllers"]:
+        for name in dps["models"]:
+            base = config["models"].get(name, {}).get("truncation", {}).get("of", name)
+            users.setdefault(base, []).append("question embeddings (mlp_hq)")
     if not users:
         return []
     from powersampling.anatomy import FAMILIES  # where blocks and norm are, per family
@@ -280,6 +285,7 @@ def _check_references(config: dict[str, Any]) -> list[str]:
             )
     for name, model in config["models"].items():
         problems += _check_model(name, model, config["tasks"])
+    problems += _check_dps(config)
     problems += _check_architectures(config)
     for name, task in config["tasks"].items():
         if task["kind"] in GENERATED_KINDS and task.get("limit") is None:
@@ -291,6 +297,52 @@ def _check_references(config: dict[str, Any]) -> list[str]:
         source = task.get("source")
         if source and is_local_path(source) and not Path(source).expanduser().exists():
             problems.append(f"tasks.{name}.source: no file at {source}")
+    return problems
+
+
+def _check_dps(config: dict[str, Any]) -> list[str]:
+    """The DPS study's names and schedule, and the dps methods' place in it."""
+    problems = []
+    dps_methods = [n for n, m in config["methods"].items() if m["sampler"] == "dps"]
+    study = config["studies"].get("dps")
+    if study is None:
+        return [
+            f"methods.{name}: a dps method needs the controllers of studies.dps (absent)"
+            for name in dps_methods
+        ]
+    for kind in ("tasks", "models"):
+        for name in study[kind]:
+            if name not in config[kind]:
+                problems.append(
+                    f"studies.dps.{kind}: {name!r} is not defined under '{kind}' "
+                    f"(defined: {', '.join(sorted(config[kind]))})"
+                )
+    pool = config["methods"].get(study["pool"])
+    if pool is None or pool["sampler"] != "power":
+        problems.append(f"studies.dps.pool: {study['pool']!r} is not a power-sampling method")
+    k_start, k_step, k_max = study["k_start"], study["k_step"], study["k_max"]
+    if not k_start < k_max or (k_max - k_start) % k_step:
+        problems.append(
+            f"studies.dps: k_start {k_start} must be below k_max {k_max}, which k_step "
+            f"{k_step} must reach from it"
+        )
+    for name in dps_methods:
+        controller = config["methods"][name]["controller"]
+        if controller not in study["controllers"]:
+            problems.append(
+                f"methods.{name}.controller: {controller!r} is not one of studies.dps."
+                f"controllers ({', '.join(study['controllers'])})"
+            )
+    for i, experiment in enumerate(config["experiments"]):
+        if not set(experiment["methods"]) & set(dps_methods):
+            continue
+        for kind in ("tasks", "models"):
+            outside = [n for n in experiment[kind] if n not in study[kind]]
+            if outside:
+                problems.append(
+                    f"experiments.{i}: dps runs on the {kind} of studies.dps only "
+                    f"({outside[0]!r} is not there: it has no controller)"
+                )
     return problems
 
 
@@ -437,7 +489,8 @@ class Run:
 
 
 def planned_runs(config: dict[str, Any]) -> list[Run]:
-    """Every run the experiments ask for, without duplicates, in config order."""
+    """Every run the experiments ask for, and the DPS study's pool, without duplicates, in
+    config order."""
     runs: dict[Run, None] = {}
     for experiment in config["experiments"]:
         for task in experiment["tasks"]:
@@ -445,6 +498,13 @@ def planned_runs(config: dict[str, Any]) -> list[Run]:
                 for method in experiment["methods"]:
                     for seed in experiment["seeds"]:
                         runs[Run(task, model, method, int(seed))] = None
+    # The DPS study's pool: seeds 0..k_max-1 of its power method are the trajectories.
+    study = config.get("studies", {}).get("dps")
+    if study is not None:
+        for task in study["tasks"]:
+            for model in study["models"]:
+                for seed in range(study["k_max"]):
+                    runs[Run(task, model, study["pool"], seed)] = None
     return list(runs)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -46,6 +47,8 @@ def generate_shard(
     chat_template: bool = False,
     instruct: bool = False,
     kv_store: str = "device",
+    dps=None,
+    prompts_per_call: int | None = None,
     progress: bool = True,
     log=None,
 ) -> pd.DataFrame:
@@ -61,7 +64,15 @@ def generate_shard(
     Randomness: one ``torch.Generator`` on the model's device, seeded with
     ``derive_seed(seed, task_name, model_name, method_name, shard)``, feeds every batch in
     turn. The same arguments give the same completions on CPU; changing ``batch_size`` changes
-    which draws each problem gets (the stream is shared by the batch).
+    which draws each problem gets (the stream is shared by the batch). Power sampling draws
+    from one stream per chain instead, seeded by :func:`chain_seed` from the run seed and the
+    problem: a chain's answer depends on neither its shard nor its batch.
+
+    ``dps``: a :class:`~powersampling.dps.online.DpsSetup`, required by (and only for) a
+    ``dps`` method: its controller and pool method. Its trajectory j of a problem, under run
+    seed s, is the chain of run seed ``s · k_max + j`` of the pool method.
+    ``prompts_per_call``: prompts per sampler call (default ``batch_size``); a dps call runs
+    several chains per prompt at once, so its job gives fewer.
 
     Time: every row carries ``shard_decode_time_s``, the wall time spent in the sampler for
     the whole shard, so time per answer (shard time / answers) means the same for every
@@ -83,10 +94,26 @@ def generate_shard(
     sampler = get_sampler(method, engine)  # validates the method's parameters
     if hasattr(sampler, "kv_store"):  # samplers that keep caches between proposals
         sampler.kv_store = kv_store
+    if sampler.name == "dps":
+        if dps is None:
+            raise UserError(f"method {method_name} (dps) needs its controller (studies.dps)")
+        sampler.prepare(
+            replace(
+                dps,
+                grade=task.grade_many,
+                decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            )
+        )
+    if sampler.name == "dps":
+        from powersampling.samplers import method_params
+
+        max_new_tokens = method_params(dps.power)["max_new_tokens"]
+    else:
+        max_new_tokens = sampler.params.get("max_new_tokens")
     budgets = row_budgets(
         rows,
         prompt_ids,
-        sampler.params.get("max_new_tokens"),
+        max_new_tokens,
         engine.max_positions,
         task_name=task_name,
         model_name=model_name,
@@ -99,14 +126,22 @@ def generate_shard(
     decode_time_s = 0.0  # the shard's, over all batches: rows of a batch share their time
     desc = f"{task_name}/{model_name}/{method_name} shard {shard}"
     with tqdm(total=len(rows), desc=desc, file=sys.stderr, disable=not progress) as bar:
-        for start in range(0, len(rows), batch_size):
-            batch = prompt_ids[start : start + batch_size]
+        per_call = prompts_per_call or batch_size
+        for start in range(0, len(rows), per_call):
+            batch = prompt_ids[start : start + per_call]
             t0 = time.perf_counter()
-            batch_budgets = budgets[start : start + batch_size]
+            batch_budgets = budgets[start : start + per_call]
+            streams = _row_streams(
+                sampler,
+                rows[start : start + per_call],
+                seed=seed,
+                names=(task_name, model_name, method_name),
+                dps=dps,
+            )
             if None in batch_budgets:  # a sampler without a token budget
-                results = sampler.sample(batch, generator)
+                results = sampler.sample(batch, generator, **streams)
             else:
-                results = sampler.sample(batch, generator, budgets=batch_budgets)
+                results = sampler.sample(batch, generator, budgets=batch_budgets, **streams)
             elapsed = time.perf_counter() - t0
             decode_time_s += elapsed
             records.extend(results)
@@ -124,7 +159,8 @@ def generate_shard(
     frame["sampler"] = sampler_name
     frame["seed"] = seed
     frame["shard"] = shard
-    frame["chain"] = 0
+    if "chain" not in frame:  # dps names the trajectory that won its vote
+        frame["chain"] = 0
     frame["prompt"] = prompts
     frame["completion"] = [
         tokenizer.decode(ids, skip_special_tokens=True) for ids in frame["completion_ids"]
@@ -135,6 +171,32 @@ def generate_shard(
     if "chain_lifetime_s" not in frame:  # only samplers that run chains record it
         frame["chain_lifetime_s"] = float("nan")
     return _with_schema_dtypes(frame)
+
+
+def chain_seed(seed: int, task_name: str, model_name: str, method_name: str, problem_id) -> int:
+    """The seed of a problem's chain under a run seed: the same in any shard or batch."""
+    return derive_seed(seed, task_name, model_name, method_name, "problem", str(problem_id))
+
+
+def _row_streams(sampler, rows: list[dict], *, seed: int, names: tuple[str, str, str], dps):
+    """Per-row seeds for the samplers that draw one stream per chain (power, dps)."""
+    task_name, model_name, method_name = names
+    ids = [row["problem_id"] for row in rows]
+    if sampler.name == "power":
+        return {"chain_seeds": [chain_seed(seed, *names, pid) for pid in ids]}
+    if sampler.name == "dps":
+        k_max = dps.schedule.k_max
+        return {
+            "problems": rows,
+            "trajectory_seeds": [
+                [
+                    chain_seed(seed * k_max + j, task_name, model_name, dps.pool_name, pid)
+                    for j in range(k_max)
+                ]
+                for pid in ids
+            ],
+        }
+    return {}
 
 
 def shard_prompts(
@@ -193,7 +255,14 @@ def _with_schema_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
         frame[name] = frame[name].astype("int64")
     for name in ["shard", "chain", "n_prompt_tokens", "n_new_tokens"]:
         frame[name] = frame[name].astype("int32")
-    for name in ["logp_sum", "mean_entropy", "perplexity", "self_confidence", "temperature"]:
+    for name in [
+        "logp_sum",
+        "mean_entropy",
+        "perplexity",
+        "self_confidence",
+        "mean_token_prob",
+        "temperature",
+    ]:
         frame[name] = frame[name].astype("float64")
     for name in ["shard_decode_time_s", "chain_lifetime_s"]:
         frame[name] = frame[name].astype("float64")

@@ -34,6 +34,7 @@ GENERATION_SCHEMA = pa.schema(
         ("sampler", pa.string()),
         ("seed", pa.int64()),
         ("shard", pa.int32()),
+        # 0, but for dynamic power sampling: the trajectory whose answer won the vote.
         ("chain", pa.int32()),
         ("prompt", pa.string()),
         ("completion", pa.string()),
@@ -48,6 +49,7 @@ GENERATION_SCHEMA = pa.schema(
         ("mean_entropy", pa.float64()),  # nats, base model at T=1
         ("perplexity", pa.float64()),  # exp(-logp_sum / n_new_tokens)
         ("self_confidence", pa.float64()),  # mean top-1 probability of the base model
+        ("mean_token_prob", pa.float64()),  # mean probability of the chosen tokens (base, T=1)
         ("temperature", pa.float64()),
         ("acceptance_rate", pa.float64()),
         ("proposals", pa.int32()),

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from powersampling import io
@@ -164,11 +165,17 @@ def generate(
     device: str,
     threads: int,
     out_path,
+    dps: dict[str, Any] | None = None,
     log: Log = _no_log,
 ) -> pd.DataFrame:
     """Generate one shard for every seed in ``seeds``: load the model once, decode all its
     problems in batches, one seed after the other (each with its own random stream, as
     :func:`~powersampling.generation.generate_shard` seeds it).
+
+    A ``dps`` method also gets ``dps``: ``{controller: path, embeddings: path or None,
+    pool: name, pool_method: {...}, schedule: {k_start, k_step, k_max}}``. It answers only
+    the questions its controller did not learn from (the held-out questions); a shard
+    without any is written empty.
 
     Before the weights are loaded, from the tokenizer and the model's config alone: every
     prompt is checked to leave room for at least one new token in the model's context (rows
@@ -191,7 +198,20 @@ def generate(
     )
     chat_template = uses_chat_template(model.get("chat_template", False), task_name)
     instruct = bool(model.get("instruct", False))
-    max_new_tokens = method_params(method).get("max_new_tokens")
+    setup, plan_method = None, method
+    if method["sampler"] == "dps":
+        setup, learnt = _dps_setup(dps, log)
+        keep = [i for i, row in enumerate(shard_rows) if str(row["problem_id"]) not in learnt]
+        log(f"dps: {len(keep)} of {len(shard_rows)} problems are held out from its controller")
+        if not keep:
+            frame = pd.DataFrame(columns=io.GENERATION_SCHEMA.names)
+            io.write_parquet(frame, out_path, io.GENERATION_SCHEMA)
+            return frame
+        problems = problems.iloc[keep].reset_index(drop=True)
+        shard_rows = [shard_rows[i] for i in keep]
+        prompt_ids = [prompt_ids[i] for i in keep]
+        plan_method = dps["pool_method"]
+    max_new_tokens = method_params(plan_method).get("max_new_tokens")
     budgets = row_budgets(
         shard_rows,
         prompt_ids,
@@ -209,7 +229,7 @@ def generate(
     dtype = model.get("dtype", "auto")
     plan = plan_generation(
         source,
-        method,
+        plan_method,
         prompt_ids,
         generation.get("batch_size", 32),
         dtype=dtype,
@@ -243,6 +263,12 @@ def generate(
                 chat_template=chat_template,
                 instruct=instruct,
                 kv_store=plan.chain_store or "device",
+                dps=setup,
+                # A dps call runs up to k_start chains per prompt: as many chains as the plan's
+                # batch, the number of rows a power-sampling call runs.
+                prompts_per_call=(
+                    max(1, plan.batch // setup.schedule.k_start) if setup is not None else None
+                ),
                 progress=generation.get("progress", True),
                 log=log,
             )
@@ -251,6 +277,33 @@ def generate(
     io.write_parquet(frame, out_path, io.GENERATION_SCHEMA)
     log(f"wrote {len(frame)} rows ({len(seeds)} seeds) to {out_path}")
     return frame
+
+
+def _dps_setup(dps: dict[str, Any] | None, log: Log):
+    """The DpsSetup of a dps generation job and the questions its controller learnt from."""
+    from powersampling.dps.controllers import Controller
+    from powersampling.dps.online import DpsSetup
+    from powersampling.dps.policy import Schedule
+
+    if not dps:
+        raise UserError("a dps method needs its controller and pool (studies.dps)")
+    controller = Controller.load(dps["controller"])
+    embeddings = None
+    if dps.get("embeddings"):
+        table = pd.read_parquet(dps["embeddings"])
+        embeddings = {
+            str(p): np.asarray(e, dtype=float)
+            for p, e in zip(table["problem_id"], table["embedding"], strict=True)
+        }
+    log(f"dps: controller {controller.name} ({dps['controller']}), pool method {dps['pool']}")
+    setup = DpsSetup(
+        pool_name=dps["pool"],
+        power=dps["pool_method"],
+        schedule=Schedule(**dps["schedule"]),
+        controller=controller,
+        embeddings=embeddings,
+    )
+    return setup, set(controller.info["train_questions"])
 
 
 def _load_model(model: dict[str, Any], source: str, device: str, tokenizer, log: Log):
@@ -505,6 +558,278 @@ def collect_truncation(
     io.write_table(lens_vs_truncation(table, lens), outputs["lens_vs_truncation"])
     log(f"truncation table: {len(table)} rows")
     return table
+
+
+# --------------------------------------------------------------------------------------
+# Dynamic power sampling: pool, question embeddings, controllers, replay
+
+
+def question_embeddings(
+    *,
+    data_path,
+    model_name: str,
+    model: dict[str, Any],
+    model_dir: str | None,
+    task_name: str,
+    task: dict[str, Any],
+    task_seed: int,
+    rows: tuple[int, int],
+    layer: int | None,
+    batch_size: int,
+    device: str,
+    threads: int,
+    out_path,
+    log: Log = _no_log,
+) -> pd.DataFrame:
+    """Every question's embedding (:mod:`powersampling.dps.embeddings`): one row per
+    problem with ``layer`` and ``embedding`` (float32 list)."""
+    from powersampling.dps.embeddings import question_embeddings as embed
+
+    _, _, shard, prompt_ids, source, tokenizer = _shard_inputs(
+        model, model_dir, task_name, task, task_seed, data_path, rows, threads
+    )
+    lm, tokenizer = _load_model(model, source, device, tokenizer, log)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    vectors, layer = embed(
+        lm, prompt_ids, layer=layer, batch_size=batch_size, pad_token_id=pad, name=model_name
+    )
+    frame = pd.DataFrame(
+        {
+            "problem_id": [str(row["problem_id"]) for row in shard],
+            "layer": layer,
+            "embedding": list(vectors),
+        }
+    )
+    io.write_parquet(frame, out_path)
+    log(f"embedded {len(frame)} questions at block {layer} ({vectors.shape[1]} dimensions)")
+    return frame
+
+
+def dps_pool(
+    *,
+    graded_paths: Sequence[str],
+    task_name: str,
+    model_name: str,
+    pool_method: str,
+    k_max: int,
+    train_share: float,
+    seed: int,
+    out_path,
+    log: Log = _no_log,
+) -> pd.DataFrame:
+    """The trajectory pool of one task and model (seeds 0..k_max-1 of ``pool_method``), its
+    questions split into training and held-out ones (:func:`~powersampling.dps.trajectories.
+    split_questions`, seeded by the config seed and the task)."""
+    from powersampling.dps.trajectories import split_questions, trajectory_pool
+    from powersampling.seeding import derive_seed
+
+    graded = io.read_parquet(list(graded_paths))
+    graded = graded[(graded["model"] == model_name) & (graded["method"] == pool_method)]
+    pool = trajectory_pool(graded, k_max)
+    split = split_questions(pool["problem_id"], train_share, derive_seed(seed, task_name))
+    pool["split"] = pool["problem_id"].map(split)
+    io.write_parquet(pool, out_path)
+    n = pool.drop_duplicates("problem_id")["split"].value_counts()
+    log(
+        f"pool of {pool['problem_id'].nunique()} questions x {k_max} trajectories: "
+        f"{n.get('train', 0)} to train on, {n.get('test', 0)} held out"
+    )
+    return pool
+
+
+def _dps_inputs(pool_path, embeddings_path, split: str):
+    from powersampling.dps.evaluation import embedding_matrix
+    from powersampling.dps.trajectories import Trajectories
+
+    pool = pd.read_parquet(pool_path)
+    traj = Trajectories.from_pool(pool[pool["split"] == split])
+    embeddings = None
+    if embeddings_path:
+        embeddings = embedding_matrix(pd.read_parquet(embeddings_path), list(traj.problem_ids))
+    return pool, traj, embeddings
+
+
+def train_controller(
+    *,
+    pool_path,
+    embeddings_path: str | None,
+    controller: str,
+    study: dict[str, Any],
+    seed: int,
+    out_path,
+    log: Log = _no_log,
+):
+    """Train one controller on the training questions of a pool, and save it."""
+    from powersampling.dps.controllers import train_controller as train
+    from powersampling.dps.policy import Schedule
+    from powersampling.dps.trajectories import training_rows
+
+    schedule = Schedule(study["k_start"], study["k_step"], study["k_max"])
+    _, traj, embeddings = _dps_inputs(pool_path, embeddings_path, "train")
+    features, labels, groups = training_rows(traj, schedule.points, embeddings)
+    log(
+        f"{controller}: {len(labels)} decisions of {len(traj.problem_ids)} training questions, "
+        f"{labels.mean():.2f} of them enough"
+    )
+    trained = train(
+        controller,
+        features,
+        labels,
+        groups,
+        seed=seed,
+        cv_folds=study["cv_folds"],
+        n_components=study["embedding_components"],
+    )
+    trained.save(out_path)
+    shown = {k: v for k, v in trained.info.items() if k not in ("train_questions", "out_of_fold")}
+    log(f"saved {out_path}: {json.dumps(shown, default=str)}")
+    return trained
+
+
+def evaluate_dps(
+    *,
+    pool_path,
+    embeddings_path: str | None,
+    controller_paths: dict[str, str],
+    study: dict[str, Any],
+    online_taus: dict[str, list[float]],
+    report: dict[str, Any],
+    seed: int,
+    outputs: dict[str, str],
+    log: Log = _no_log,
+) -> dict[str, pd.DataFrame]:
+    """Replay every stopping rule on the held-out questions of one pool (see
+    :func:`powersampling.dps.evaluation.evaluate`) and write its tables."""
+    from powersampling.dps.controllers import Controller
+    from powersampling.dps.evaluation import evaluate
+    from powersampling.dps.policy import Schedule
+    from powersampling.dps.trajectories import feature_names
+
+    pool = pd.read_parquet(pool_path)
+    embeddings = pd.read_parquet(embeddings_path) if embeddings_path else None
+    dim = len(embeddings["embedding"].iloc[0]) if embeddings is not None else 0
+    controllers = {}
+    for name, path in controller_paths.items():
+        from powersampling.dps.controllers import uses_question
+
+        controllers[name] = Controller.load(
+            path, features=feature_names(dim if uses_question(name) else 0)
+        )
+    tables = evaluate(
+        pool,
+        embeddings,
+        controllers,
+        Schedule(study["k_start"], study["k_step"], study["k_max"]),
+        taus=study["taus"],
+        extra_taus=online_taus,
+        esc_window=study["esc_window"],
+        ac_threshold=study["ac_threshold"],
+        n_boot=report["bootstrap_samples"],
+        level=report["ci_level"],
+        seed=seed,
+    )
+    for name, table in tables.items():
+        io.write_parquet(table, outputs[name])
+    shown = tables["summary"][tables["summary"]["kind"] != "controller"]
+    log(shown[["policy", "accuracy", "mean_k", "tokens_per_question"]].to_string(index=False))
+    return tables
+
+
+def collect_dps(
+    *,
+    evaluations: dict[str, dict[str, str]],
+    online_paths: Sequence[str],
+    methods: dict[str, dict[str, Any]],
+    study: dict[str, Any],
+    report: dict[str, Any],
+    seed: int,
+    outputs: dict[str, str],
+    log: Log = _no_log,
+) -> dict[str, pd.DataFrame]:
+    """The DPS tables across tasks and models: the comparison in its published form
+    (``dps``, also as HTML), the τ sweeps (``dps_sweep``), controller quality
+    (``dps_controllers``), calibration bins (``dps_calibration``) and GBDT's permutation
+    importances (``dps_importance``). ``evaluations``: "task/model" → the paths
+    :func:`evaluate_dps` wrote; ``online_paths``: graded shards of the dps methods."""
+    from powersampling.dps.evaluation import TABLE_COLUMNS, comparison_rows, online_summary
+    from powersampling.dps.policy import Schedule
+
+    schedule = Schedule(study["k_start"], study["k_step"], study["k_max"])
+    online = io.read_parquet(list(online_paths))
+    parts: dict[str, list[pd.DataFrame]] = {
+        k: [] for k in ("dps", "sweep", "quality", "cal", "imp")
+    }
+    for key, paths in evaluations.items():
+        task, model = key.split("/")
+        where = {"task": task, "model": model}
+        summary = pd.read_parquet(paths["summary"]).assign(**where)
+        parts["sweep"].append(summary)
+        parts["dps"].append(comparison_rows(summary))
+        parts["quality"].append(pd.read_parquet(paths["quality"]).assign(**where))
+        parts["cal"].append(pd.read_parquet(paths["calibration"]).assign(**where))
+        parts["imp"].append(pd.read_parquet(paths["importance"]).assign(**where))
+        mine = (
+            online[(online["task"] == task) & (online["model"] == model)] if len(online) else online
+        )
+        if len(mine):
+            replay = pd.read_parquet(paths["replay"])
+            rows = online_summary(
+                mine,
+                replay,
+                methods,
+                schedule,
+                n_boot=report["bootstrap_samples"],
+                level=report["ci_level"],
+                seed=seed,
+            )
+            parts["dps"].append(rows.assign(**where))
+    table = pd.concat(parts["dps"], ignore_index=True).reindex(columns=TABLE_COLUMNS)
+    io.write_table(table, outputs["dps"])
+    io.write_table(pd.concat(parts["sweep"], ignore_index=True), outputs["sweep"])
+    io.write_table(pd.concat(parts["quality"], ignore_index=True), outputs["controllers"])
+    io.write_table(pd.concat(parts["cal"], ignore_index=True), outputs["calibration"])
+    io.write_table(pd.concat(parts["imp"], ignore_index=True), outputs["importance"])
+    io.write_text_atomic(outputs["html"], dps_html(table, report["ci_level"], schedule.k_max))
+    log(table.to_string(index=False))
+    return {"dps": table}
+
+
+def dps_html(table: pd.DataFrame, level: float, k_max: int) -> str:
+    """The comparison table as the report shows it."""
+    shown = pd.DataFrame(
+        {
+            "task": table["task"],
+            "model": table["model"],
+            "method": table["method"],
+            "τ": table["tau"],
+            f"accuracy [{level:.0%} CI]": [
+                f"{a:.3f} [{lo:.3f}, {hi:.3f}]"
+                for a, lo, hi in zip(
+                    table["accuracy"], table["accuracy_low"], table["accuracy_high"], strict=True
+                )
+            ],
+            "mean k": table["mean_k"],
+            "tokens / question": table["tokens_per_question"],
+            "time / question (s)": table["time_per_question_s"],
+            f"token saving vs k={k_max}": table["token_saving"],
+            f"accuracy vs k={k_max}": [
+                f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                for d, lo, hi in zip(
+                    table["accuracy_vs_reference"],
+                    table["accuracy_vs_reference_low"],
+                    table["accuracy_vs_reference_high"],
+                    strict=True,
+                )
+            ],
+            "agrees with replay": table["agrees_with_replay"],
+        }
+    )
+    body = shown.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0, na_rep="")
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Dynamic power sampling"
+        "</title></head><body>"
+        f"{body}</body></html>\n"
+    )
 
 
 # --------------------------------------------------------------------------------------

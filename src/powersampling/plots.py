@@ -617,6 +617,95 @@ def plot_patching_by_layer(table: pd.DataFrame, path) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Dynamic power sampling
+
+
+def plot_dps_pareto(table: pd.DataFrame, path) -> None:
+    """Accuracy against tokens per question on the held-out questions: each controller's τ
+    sweep as a line (the τ chosen on training questions ringed), each baseline and the
+    oracle as a point with its CI; one panel per (task, model)."""
+    columns = ["task", "model", "policy", "tau", "kind", "chosen", "accuracy", "accuracy_low",
+               "accuracy_high", "tokens_per_question"]  # fmt: skip
+    _check_columns(table, columns, "table")
+    if table.empty:
+        return _message_figure(path, "no DPS results")
+    panels = _panel_keys(table, ["task", "model"])
+    colours = _palette(list(dict.fromkeys(table["policy"])))
+    fig, axes = _panels(len(panels), sharey=True)
+    for ax, (task, model) in zip(axes, panels, strict=True):
+        rows = table[(table["task"] == task) & (table["model"] == model)]
+        for policy, group in rows.groupby("policy", sort=False):
+            colour = colours[policy]
+            if group["kind"].iloc[0] == "controller":
+                group = group.sort_values("tokens_per_question")
+                ax.plot(group["tokens_per_question"], group["accuracy"], marker=".", ms=4,
+                        color=colour, label=policy)  # fmt: skip
+                best = group[group["chosen"]]
+                ax.scatter(best["tokens_per_question"], best["accuracy"], s=90,
+                           facecolors="none", edgecolors=colour)  # fmt: skip
+            else:
+                _errorbar_points(ax, group.rename(columns={"accuracy_low": "ci_low",
+                                 "accuracy_high": "ci_high"}), "tokens_per_question", colour,
+                                 fmt="D" if policy == "oracle" else "s", label=policy)  # fmt: skip
+        ax.set_title(f"{task} / {model}")
+        ax.set_xlabel("tokens decoded per question")
+        ax.set_ylabel("accuracy (majority vote)")
+    _legend(fig, axes, "stopping rule")
+    _save(fig, path)
+
+
+def plot_dps_calibration(table: pd.DataFrame, path) -> None:
+    """Reliability diagram of each controller's p̂_enough on the held-out decisions: the
+    observed rate of "enough" against the mean p̂ per bin (marker area ~ decisions)."""
+    columns = ["task", "model", "controller", "mean_p_enough", "enough_rate", "n"]
+    _check_columns(table, columns, "table")
+    if table.empty:
+        return _message_figure(path, "no controller results")
+    panels = _panel_keys(table, ["task", "model"])
+    colours = _palette(sorted(table["controller"].unique()))
+    fig, axes = _panels(len(panels), sharey=True)
+    for ax, (task, model) in zip(axes, panels, strict=True):
+        rows = table[(table["task"] == task) & (table["model"] == model)]
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        for name, group in rows.groupby("controller"):
+            group = group.sort_values("mean_p_enough")
+            ax.plot(group["mean_p_enough"], group["enough_rate"], color=colours[name], lw=1)
+            area = 8 + 150 * group["n"] / rows["n"].max()
+            ax.scatter(group["mean_p_enough"], group["enough_rate"], s=area,
+                       color=colours[name], alpha=0.7, label=name)  # fmt: skip
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{task} / {model}")
+        ax.set_xlabel("predicted p(enough)")
+        ax.set_ylabel("observed share enough")
+    _legend(fig, axes, "controller")
+    _save(fig, path)
+
+
+def plot_dps_importance(table: pd.DataFrame, path) -> None:
+    """GBDT's permutation importances on the held-out decisions (drop in ROC-AUC when a
+    feature is shuffled), the twelve largest per (task, model)."""
+    columns = ["task", "model", "feature", "importance_mean", "importance_std"]
+    _check_columns(table, columns, "table")
+    table = table.dropna(subset=["importance_mean"])
+    if table.empty:
+        return _message_figure(path, "no permutation importances (no GBDT, or one label only)")
+    panels = _panel_keys(table, ["task", "model"])
+    fig, axes = _panels(len(panels), sharey=False)
+    for ax, (task, model) in zip(axes, panels, strict=True):
+        rows = table[(table["task"] == task) & (table["model"] == model)]
+        rows = rows.nlargest(12, "importance_mean").iloc[::-1]
+        y = np.arange(len(rows))
+        ax.barh(y, rows["importance_mean"], xerr=rows["importance_std"], capsize=2,
+                color=sns.color_palette("colorblind")[0])  # fmt: skip
+        ax.set_yticks(y, rows["feature"], fontsize="small")
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(f"{task} / {model}")
+        ax.set_xlabel("drop in ROC-AUC when shuffled")
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
 # The registry of report figures
 
 
@@ -628,7 +717,7 @@ class FigureSpec:
     draw: Callable[[pd.DataFrame, Path], None]  # one of the plot_* functions above
     table: str  # the metric table it is drawn from: results/tables/{table}.parquet
     category: str  # the report category it is shown under
-    # The config study that makes its table ("truncation", "logit_lens", "patching"): the
+    # The config study that makes its table ("truncation", "logit_lens", "patching", "dps"): the
     # figure is drawn only when the config has that study. None: always drawn.
     study: str | None = None
 
@@ -642,6 +731,7 @@ ACCURACY = "1. Accuracy"
 LIKELIHOOD_AND_COMPUTE = "2. Likelihood and compute"
 SAMPLER_DIAGNOSTICS = "3. Sampler diagnostics"
 INSIDE = "6. Inside the model"  # 4 is the configuration, 5 the toy-world studies
+DPS = "7. Dynamic power sampling"
 
 FIGURES: dict[str, FigureSpec] = {
     spec.name: spec
@@ -684,5 +774,8 @@ FIGURES: dict[str, FigureSpec] = {
         FigureSpec(
             "patching_by_layer", plot_patching_by_layer, "patching_by_layer", INSIDE, "patching"
         ),
+        FigureSpec("dps_pareto", plot_dps_pareto, "dps_sweep", DPS, "dps"),
+        FigureSpec("dps_calibration", plot_dps_calibration, "dps_calibration", DPS, "dps"),
+        FigureSpec("dps_importance", plot_dps_importance, "dps_importance", DPS, "dps"),
     ]
 }

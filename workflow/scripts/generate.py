@@ -9,6 +9,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from powersampling.logs import job_log
 from powersampling.pipeline import generate
 
+# A dps method's controller and question embeddings (see rules/common.smk).
+dps = snakemake.params.dps
+if dps is not None:
+    dps = {
+        **dps,
+        "controller": snakemake.input.controller,
+        "embeddings": snakemake.input.get("embeddings"),
+    }
+
 with job_log(snakemake.log[0]) as log:
     generate(
         data_path=snakemake.input.data,
@@ -27,5 +36,6 @@ with job_log(snakemake.log[0]) as log:
         device=snakemake.params.device,
         threads=snakemake.threads,
         out_path=snakemake.output[0],
+        dps=dps,
         log=log.info,
     )

@@ -148,7 +148,10 @@ def completion_record(
     """The per-completion fields of the generation schema.
 
     ``logp``, ``entropy`` and ``top1`` are per new token (EOS included), from the base model
-    at T=1. An empty completion has NaN mean entropy, perplexity and self-confidence.
+    at T=1: ``mean_entropy`` is the mean entropy of the next-token distributions,
+    ``perplexity`` exp(-mean log p), ``self_confidence`` the mean probability of the most
+    likely token, ``mean_token_prob`` the mean probability of the chosen token. An empty
+    completion has NaN for all four.
     ``sampler_trace`` is the sampler's per-stage diagnostics: one record per stage, in
     order, each a mapping from the keys in the sampler's ``TRACE_FIELDS`` to numbers.
     ``token_budget`` is the most new tokens the row was allowed.
@@ -163,6 +166,7 @@ def completion_record(
         "mean_entropy": float(entropy.mean()) if n else math.nan,
         "perplexity": math.exp(-logp_sum / n) if n else math.nan,
         "self_confidence": float(top1.mean()) if n else math.nan,
+        "mean_token_prob": float(logp.exp().mean()) if n else math.nan,
         "temperature": float(temperature),
         "tokens_decoded": int(tokens_decoded),
         "tokens_prefilled": int(tokens_prefilled),
