@@ -171,3 +171,19 @@ def test_dps_needs_its_setup(world):
     with pytest.raises(UserError, match="needs its controller"):
         generate_shard(model, tokenizer, task, problems.head(2), method_name="dps",
                        method=method, seed=0, shard=0, progress=False, **NAMES)  # fmt: skip
+
+
+def test_question_embedding_is_the_mean_block_output_over_the_prompt():
+    model = random_tiny_model(12, seed=4, hidden_size=16, num_layers=3, init_std=0.2)
+    prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
+    vectors, layer = question_embeddings(model, prompts, batch_size=2)
+    assert layer == 1 and vectors.shape == (3, 16) and vectors.dtype == np.float32
+    for ids, got in zip(prompts, vectors, strict=True):
+        with torch.no_grad():
+            states = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+        # hidden_states[l + 1] is block l's output (for every block but the last)
+        assert got == pytest.approx(states[2][0].mean(0).numpy(), abs=1e-5)
+    first, _ = question_embeddings(model, prompts, layer=0, batch_size=1)
+    assert not np.allclose(first, vectors)
+    with pytest.raises(UserError, match="embedding layer 3 is outside the model's blocks 0..2"):
+        question_embeddings(model, prompts, layer=3)

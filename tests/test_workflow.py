@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 
 GENERATIONS = "results/generations/arithmetic/{model}/{method}/shard{shard:03d}.parquet"
 # Each method's seeds share its generation jobs (one file per shard holds them all).
-SEEDS = {"greedy": [0], "temp_1.0": [0, 1], "temp_0.5": [0, 1], "power_2": [0, 1]}
+# power_2 also runs seeds 2 and 3: the DPS study's pool of 4 trajectories.
+SEEDS = {"greedy": [0], "temp_1.0": [0, 1], "temp_0.5": [0, 1], "power_2": [0, 1, 2, 3]}
+DPS = "dps_gbdt"  # answers only the questions its controller did not learn from
 # The test config's truncation sweep: blocks 0 and 3 of the toy model's 4.
 TRUNCATED = "toy-L1+last"
 TRUNCATED_METHODS = ["greedy", "power_2"]
@@ -48,7 +50,7 @@ def shard_files(workdir: Path, stage: str) -> list[Path]:
 
 def test_every_shard_is_generated_and_graded(finished_run):
     workdir, _ = finished_run
-    runs = [("toy", m) for m in SEEDS] + [(TRUNCATED, m) for m in TRUNCATED_METHODS]
+    runs = [("toy", m) for m in [*SEEDS, DPS]] + [(TRUNCATED, m) for m in TRUNCATED_METHODS]
     expected = {GENERATIONS.format(model=m, method=x, shard=i) for m, x in runs for i in range(2)}
     found = {str(p.relative_to(workdir)) for p in shard_files(workdir, "generations")}
     assert found == expected
@@ -56,7 +58,9 @@ def test_every_shard_is_generated_and_graded(finished_run):
     for path in shard_files(workdir, "generations"):
         assert pq.read_schema(path).equals(GENERATION_SCHEMA, check_metadata=False)
         frame = pd.read_parquet(path)
-        method = frame["method"].iloc[0]
+        method = frame["method"].iloc[0] if len(frame) else DPS
+        if method == DPS:
+            continue  # test_dps_answers_the_held_out_questions_as_its_replay_does
         seeds = SEEDS[method] if frame["model"].iloc[0] == "toy" else [0]
         assert sorted(frame["seed"].unique()) == seeds
         assert (frame.groupby("seed").size() == 12).all()
@@ -115,7 +119,7 @@ def test_accuracy_table_has_a_row_per_method_with_cis(finished_run):
     workdir, _ = finished_run
     table = pd.read_parquet(workdir / "results/tables/accuracy.parquet")
     assert sorted(zip(table["model"], table["method"], strict=True)) == sorted(
-        [("toy", m) for m in SEEDS] + [(TRUNCATED, m) for m in TRUNCATED_METHODS]
+        [("toy", m) for m in [*SEEDS, DPS]] + [(TRUNCATED, m) for m in TRUNCATED_METHODS]
     )
     assert (table["ci_low"] <= table["accuracy"]).all()
     assert (table["accuracy"] <= table["ci_high"]).all()
@@ -323,3 +327,36 @@ def test_patching_covers_every_layer_and_position_and_counts_pairs(finished_run)
         assert last["kl"].iloc[0] < 1e-5
     by_layer = pd.read_parquet(workdir / "results/tables/patching_by_layer.parquet")
     assert sorted(by_layer["layer"]) == [0, 1, 2, 3]
+
+
+def test_dps_answers_the_held_out_questions_as_its_replay_does(finished_run):
+    workdir, _ = finished_run
+    pool = pd.read_parquet(workdir / "results/dps/arithmetic/toy/pool.parquet")
+    assert len(pool) == 24 * 4 and sorted(pool["trajectory"].unique()) == [0, 1, 2, 3]
+    split = pool.drop_duplicates("problem_id").set_index("problem_id")["split"]
+    assert (split.value_counts() == 12).all()
+    online = pd.concat(
+        pd.read_parquet(workdir / GENERATIONS.format(model="toy", method=DPS, shard=i))
+        for i in range(2)
+    )
+    assert sorted(online["problem_id"]) == sorted(split[split == "test"].index)
+    table = pd.read_csv(workdir / "results/tables/dps.csv").set_index("method")
+    expected = {"fixed_k2", "fixed_k4", "esc", "ac", "oracle", "dps_gbdt", "dps_mlp_h",
+                "dps_mlp_hq"}  # fmt: skip
+    assert expected <= set(table.index)
+    online_row = table[table["kind"] == "online"].iloc[0]
+    assert online_row["agrees_with_replay"] == 1.0
+    assert online_row["n_questions"] == 12
+    for name in ["dps_controllers", "dps_calibration", "dps_importance", "dps_sweep"]:
+        assert (workdir / f"results/tables/{name}.csv").is_file()
+    for name in ["dps_pareto", "dps_calibration", "dps_importance"]:
+        assert (workdir / f"results/plots/{name}.svg").is_file()
+
+
+def test_retraining_a_controller_reruns_exactly_its_dps_shards(finished_run, tmp_path):
+    workdir, config = copy_of(finished_run, tmp_path / "retrained")
+    before = {p: p.stat().st_mtime_ns for p in shard_files(workdir, "generations")}
+    controller = "results/dps/arithmetic/toy/controllers/gbdt.pkl"
+    snakemake(workdir, "--configfile", str(config), "--forcerun", controller)
+    rerun = {p for p, mtime in before.items() if p.stat().st_mtime_ns != mtime}
+    assert rerun == {workdir / GENERATIONS.format(model="toy", method=DPS, shard=i) for i in (0, 1)}

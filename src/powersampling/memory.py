@@ -671,11 +671,14 @@ def plan_config(
         if isinstance(model_cfg, UserError):
             jobs.append(PlannedJob(model, method, None, f"shape unknown: {model_cfg}"))
             continue
+        decoding = config["methods"][method]
+        if decoding["sampler"] == "dps":  # it decodes with its study's power method
+            decoding = config["methods"][config["studies"]["dps"]["pool"]]
         try:
             plan = plan_memory(
                 model_cfg,
                 config["models"][model].get("dtype", "auto"),
-                config["methods"][method],
+                decoding,
                 [prompt_tokens],
                 batch_size,
                 device_bytes,
