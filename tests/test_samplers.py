@@ -141,7 +141,8 @@ def test_every_parameter_is_described_and_its_default_is_valid(engine, name):
     cls = sampler_class(name)
     for key, param in cls.PARAMS.items():
         assert param.description, f"{name}.{key} has no description"
-    required = {k: 1 for k, p in cls.PARAMS.items() if p.required}  # 1 fits every schema here
+    # 1 fits every schema here but an enum's, which gets its first value
+    required = {k: p.schema.get("enum", [1])[0] for k, p in cls.PARAMS.items() if p.required}
     sampler = cls(engine, **required)
     assert set(sampler.params) == set(cls.PARAMS)
 
