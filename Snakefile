@@ -33,6 +33,7 @@ include: "rules/plots.smk"
 include: "rules/studies.smk"
 include: "rules/interp.smk"
 include: "rules/dps.smk"
+include: "rules/reliability.smk"
 include: "rules/report.smk"
 
 

@@ -184,6 +184,11 @@ def all_outputs():
             else []
         ),
         *(["results/tables/dps.html"] if "dps" in config["studies"] else []),
+        *(
+            ["results/tables/reliability.html"]
+            if "reliability" in config["studies"]
+            else []
+        ),
         "results/config.yaml",
     ]
 
@@ -204,7 +209,9 @@ def analysis_shards(study):
 def studies_in_config():
     """The studies whose tables this config makes (the figures of the others are left out)."""
     studies = {
-        name for name in ("logit_lens", "patching", "dps") if name in config["studies"]
+        name
+        for name in ("logit_lens", "patching", "dps", "reliability")
+        if name in config["studies"]
     }
     if any("truncation" in config["models"][run.model] for run in RUNS):
         studies.add("truncation")
@@ -295,3 +302,23 @@ def dps_generation_params(wildcards):
         "pool_method": config["methods"][study["pool"]],
         "schedule": {k: study[k] for k in ("k_start", "k_step", "k_max")},
     }
+
+
+# Temperature reliability (rules/reliability.smk)
+
+
+def reliability_shards():
+    """The graded shards of the reliability study's tasks, models and settings."""
+    study = config["studies"].get("reliability")
+    if study is None:
+        return []
+    return shard_paths(
+        "graded",
+        [
+            run
+            for run in RUNS
+            if run.task in study["tasks"]
+            and run.model in study["models"]
+            and run.method in study["methods"]
+        ],
+    )

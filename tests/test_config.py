@@ -138,6 +138,32 @@ def _error_for(mutate) -> str:
             lambda c: c["studies"]["dps"].update(models=["nope"]),
             "studies.dps.models: 'nope' is not defined under 'models'",
         ),
+        # Temperature reliability, quantized models
+        (
+            lambda c: c["studies"].update(
+                reliability={"tasks": ["arithmetic"], "models": ["toy"], "methods": ["hot"]}
+            ),
+            "studies.reliability.methods: 'hot' is not defined under 'methods'",
+        ),
+        (
+            lambda c: c["studies"].update(
+                reliability={"tasks": ["arithmetic"], "models": ["toy"], "methods": ["dps_mlp_hq"]}
+            ),
+            "studies.reliability.methods: 'dps_mlp_hq' is a dps method",
+        ),
+        (
+            lambda c: (c.update(device="cpu"), c["models"]["toy"].update(quantization="4bit")),
+            "models.toy.quantization: 4-bit loading needs a CUDA GPU, and device is cpu",
+        ),
+        (lambda c: c["models"]["toy"].update(quantization="8bit"), "models.toy.quantization"),
+        (
+            lambda c: (
+                c.update(experiments=[]),
+                c["studies"].pop("dps"),
+                c["methods"].pop("dps_mlp_hq"),
+            ),
+            "experiments: no runs (no experiment, and no study that adds runs)",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(mutate, expected):

@@ -234,6 +234,36 @@ def dps_importance_rows():
     )
 
 
+def reliability_tables_of_toy_rows():
+    """Reliability tables of two models, three settings, two tasks, from made-up rows."""
+    from powersampling.reliability import annotate, reliability_tables
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for task in ["binding", "arithmetic"]:
+        for model in ["toy", "toy_moe"]:
+            for method, temperature, runs in [("greedy", 0.0, 1), ("temp_0.5", 0.5, 2),
+                                              ("temp_1.0", 1.0, 2)]:  # fmt: skip
+                for seed in range(runs):
+                    for q in range(12):
+                        text = rng.choice(["7", "8", "it is 7", "", "3+4=7"])
+                        rows.append({
+                            "task": task, "model": model, "method": method, "seed": seed,
+                            "problem_id": f"q{q}", "completion": text, "reference": "7",
+                            "correct": text.endswith("7"), "compliant": text in ("7", "8"),
+                            "finish_reason": "eos", "n_new_tokens": 2,
+                            "logp_sum": -rng.uniform(0, 2), "min_token_logp": -rng.uniform(1, 3),
+                            "sampled_logq_sum": -temperature, "temperature": temperature,
+                        })  # fmt: skip
+    return reliability_tables(annotate(pd.DataFrame(rows), {"binding": True}), n_boot=50)
+
+
+RELIABILITY_TABLES = reliability_tables_of_toy_rows()
+RELIABILITY_COLUMNS = list(RELIABILITY_TABLES["reliability"].columns)
+RELIABILITY_BINS_COLUMNS = list(RELIABILITY_TABLES["reliability_bins"].columns)
+FAILURES_COLUMNS = list(RELIABILITY_TABLES["failures"].columns)
+
+
 CASES = [
     (plots.plot_accuracy_by_method, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_accuracy_vs_temperature, accuracy_rows, ACCURACY_COLUMNS),
@@ -252,6 +282,18 @@ CASES = [
     (plots.plot_dps_pareto, dps_sweep_rows, DPS_SWEEP_COLUMNS),
     (plots.plot_dps_calibration, dps_calibration_rows, DPS_CALIBRATION_COLUMNS),
     (plots.plot_dps_importance, dps_importance_rows, DPS_IMPORTANCE_COLUMNS),
+    (plots.plot_reliability, lambda: RELIABILITY_TABLES["reliability"], RELIABILITY_COLUMNS),
+    (
+        plots.plot_reliability_confidence,
+        lambda: RELIABILITY_TABLES["reliability"],
+        RELIABILITY_COLUMNS,
+    ),
+    (
+        plots.plot_reliability_calibration,
+        lambda: RELIABILITY_TABLES["reliability_bins"],
+        RELIABILITY_BINS_COLUMNS,
+    ),
+    (plots.plot_failures, lambda: RELIABILITY_TABLES["failures"], FAILURES_COLUMNS),
 ]
 IDS = [case[0].__name__ for case in CASES]
 
@@ -322,8 +364,12 @@ def test_every_figure_is_registered_once_with_its_table_and_caption():
         tables = {"accuracy", "accuracy_by_difficulty", "pass_at_k", "acceptance_by_block"}
         inside = {"truncation", "logit_lens", "lens_vs_truncation", "patching_heatmap"}
         dps = {"dps_sweep", "dps_calibration", "dps_importance"}
-        assert spec.table in tables | inside | dps | {"sampler_trace", "patching_by_layer"}
-        assert spec.study in {None, "truncation", "logit_lens", "patching", "dps"}
+        reliability = {"reliability", "reliability_bins", "failures"}
+        assert spec.table in tables | inside | dps | reliability | {
+            "sampler_trace",
+            "patching_by_layer",
+        }
+        assert spec.study in {None, "truncation", "logit_lens", "patching", "dps", "reliability"}
         assert (spec.study is None) == (spec.table in tables | {"sampler_trace"})
         assert spec.category[0].isdigit(), spec.category  # report categories are numbered
         caption = ROOT / spec.caption

@@ -30,7 +30,7 @@ PROMPTS = [[3, 4, 5, 6], [7], [8, 9, 10]]
 # Fields a sampler reports; the rest of the schema describes the run and the prompt.
 RECORD_KEYS = set(GENERATION_SCHEMA.names) - {
     "task", "problem_id", "model", "method", "sampler", "seed", "shard", "chain", "prompt",
-    "completion", "n_prompt_tokens", "shard_decode_time_s", "chain_lifetime_s",
+    "completion", "n_prompt_tokens", "shard_decode_time_s", "chain_lifetime_s", "sampling",
 }  # fmt: skip
 
 

@@ -349,3 +349,35 @@ def test_retraining_replaces_an_existing_folder(tmp_path):
     train_toy_model(out, model_shape=SHAPE, train={**BUDGET, "steps": 1}, log=lambda _: None)
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_the_sparse_twin_has_the_dense_models_active_parameters():
+    """A moe toy model is a Mixtral whose active MLP parameters per token (experts_per_token
+    experts) equal the dense model's MLP; attention is the same but for Qwen2's biases."""
+    from powersampling.toy.model import build_toy_model, toy_model_config
+
+    dense = build_toy_model(toy_model_config(259), seed=0)
+    sparse = build_toy_model(toy_model_config(259, architecture="moe"), seed=0)
+    assert sparse.config.model_type == "mixtral" and dense.config.model_type == "qwen2"
+    mlp = sum(p.numel() for p in dense.model.layers[0].mlp.parameters())
+    experts = sparse.model.layers[0].mlp.experts
+    per_expert = sum(p.numel() for p in experts.parameters()) / sparse.config.num_local_experts
+    assert per_expert * sparse.config.num_experts_per_tok == mlp
+    attention = [sum(p.numel() for p in m.model.layers[0].self_attn.parameters())
+                 for m in (dense, sparse)]  # fmt: skip
+    biases = sum(dense.model.layers[0].self_attn.get_submodule(n).bias.numel()
+                 for n in ("q_proj", "k_proj", "v_proj"))  # fmt: skip
+    assert attention[0] == attention[1] + biases  # Qwen2's q/k/v biases, Mixtral has none
+    with pytest.raises(UserError, match="experts_per_token"):
+        toy_model_config(259, architecture="moe", experts_per_token=5)
+
+
+def test_a_sparse_toy_model_trains_and_loads_as_any_model(tmp_path):
+    from powersampling.models import load_model
+
+    shape = {**SHAPE, "architecture": "moe", "num_experts": 3, "experts_per_token": 2}
+    out = tmp_path / "moe"
+    info = train_toy_model(out, model_shape=shape, train=BUDGET, seed=1, log=lambda _: None)
+    assert info["final_loss"] < info["first_loss"]
+    model, _ = load_model(str(out), device="cpu", local_files_only=True)
+    assert model.config.model_type == "mixtral" and model.config.num_local_experts == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -22,6 +23,8 @@ GENERATIONS = "results/generations/arithmetic/{model}/{method}/shard{shard:03d}.
 # power_2 also runs seeds 2 and 3: the DPS study's pool of 4 trajectories.
 SEEDS = {"greedy": [0], "temp_1.0": [0, 1], "temp_0.5": [0, 1], "power_2": [0, 1, 2, 3]}
 DPS = "dps_gbdt"  # answers only the questions its controller did not learn from
+# The reliability study's sparse twin: greedy once, temperature 0.5 twice.
+SPARSE, SPARSE_SEEDS = "toy_moe", {"greedy": [0], "temp_0.5": [0, 1]}
 # The test config's truncation sweep: blocks 0 and 3 of the toy model's 4.
 TRUNCATED = "toy-L1+last"
 TRUNCATED_METHODS = ["greedy", "power_2"]
@@ -51,6 +54,7 @@ def shard_files(workdir: Path, stage: str) -> list[Path]:
 def test_every_shard_is_generated_and_graded(finished_run):
     workdir, _ = finished_run
     runs = [("toy", m) for m in [*SEEDS, DPS]] + [(TRUNCATED, m) for m in TRUNCATED_METHODS]
+    runs += [(SPARSE, m) for m in SPARSE_SEEDS]
     expected = {GENERATIONS.format(model=m, method=x, shard=i) for m, x in runs for i in range(2)}
     found = {str(p.relative_to(workdir)) for p in shard_files(workdir, "generations")}
     assert found == expected
@@ -61,7 +65,8 @@ def test_every_shard_is_generated_and_graded(finished_run):
         method = frame["method"].iloc[0] if len(frame) else DPS
         if method == DPS:
             continue  # test_dps_answers_the_held_out_questions_as_its_replay_does
-        seeds = SEEDS[method] if frame["model"].iloc[0] == "toy" else [0]
+        model = frame["model"].iloc[0]
+        seeds = {"toy": SEEDS, SPARSE: SPARSE_SEEDS}.get(model, {}).get(method, [0])
         assert sorted(frame["seed"].unique()) == seeds
         assert (frame.groupby("seed").size() == 12).all()
         assert (frame["n_new_tokens"] >= 1).all()
@@ -119,7 +124,9 @@ def test_accuracy_table_has_a_row_per_method_with_cis(finished_run):
     workdir, _ = finished_run
     table = pd.read_parquet(workdir / "results/tables/accuracy.parquet")
     assert sorted(zip(table["model"], table["method"], strict=True)) == sorted(
-        [("toy", m) for m in [*SEEDS, DPS]] + [(TRUNCATED, m) for m in TRUNCATED_METHODS]
+        [("toy", m) for m in [*SEEDS, DPS]]
+        + [(TRUNCATED, m) for m in TRUNCATED_METHODS]
+        + [(SPARSE, m) for m in SPARSE_SEEDS]
     )
     assert (table["ci_low"] <= table["accuracy"]).all()
     assert (table["accuracy"] <= table["ci_high"]).all()
@@ -360,3 +367,35 @@ def test_retraining_a_controller_reruns_exactly_its_dps_shards(finished_run, tmp
     snakemake(workdir, "--configfile", str(config), "--forcerun", controller)
     rerun = {p for p, mtime in before.items() if p.stat().st_mtime_ns != mtime}
     assert rerun == {workdir / GENERATIONS.format(model="toy", method=DPS, shard=i) for i in (0, 1)}
+
+
+def test_reliability_compares_the_sparse_twin_with_the_dense_model(finished_run):
+    workdir, _ = finished_run
+    config = yaml.safe_load((workdir / "results/models/toy_moe/config.json").read_text())
+    assert config["model_type"] == "mixtral" and config["num_experts_per_tok"] == 2
+    table = pd.read_csv(workdir / "results/tables/reliability.csv")
+    assert sorted(zip(table["model"], table["method"], table["n_runs"], strict=True)) == [
+        ("toy", "greedy", 1), ("toy", "temp_0.5", 2),
+        ("toy_moe", "greedy", 1), ("toy_moe", "temp_0.5", 2),
+    ]  # fmt: skip
+    assert table["accuracy_lenient"].ge(table["accuracy_strict"]).all()
+    failures = pd.read_csv(workdir / "results/tables/failures.csv")
+    rates = failures.groupby(["model", "method"])["rate"].sum()
+    wrong = 1 - table.set_index(["model", "method"])["accuracy_strict"]
+    assert rates.sort_index().to_numpy() == pytest.approx(wrong.sort_index().to_numpy())
+    rows = pd.read_parquet(workdir / GENERATIONS.format(model=SPARSE, method="temp_0.5", shard=0))
+    sampling = {json.dumps(json.loads(s), sort_keys=True) for s in rows["sampling"]}
+    assert sampling == {
+        json.dumps(
+            {
+                "sampler": "temperature",
+                "T": 0.5,
+                "top_k": None,
+                "max_new_tokens": 24,
+                "generation_config": "ignored",
+            },
+            sort_keys=True,
+        )
+    }
+    for name in ["reliability", "reliability_confidence", "reliability_calibration", "failures"]:
+        assert (workdir / f"results/plots/{name}.svg").is_file()

@@ -95,6 +95,8 @@ def validate_config(config: dict[str, Any], schema: dict | str | os.PathLike) ->
     messages += [] if messages else _expand_truncations(config, sweep_keys)
     messages += [] if messages else _check_references(config)
     messages += [] if messages else _check_budgets(config)
+    if not messages and not planned_runs(config):
+        messages.append("experiments: no runs (no experiment, and no study that adds runs)")
     if messages:
         raise UserError("invalid config:\n  " + "\n  ".join(messages))
     return config
@@ -194,13 +196,13 @@ def known_fields(config: dict[str, Any], model: str) -> dict[str, Any]:
     settings, a local model's from its ``config.json``, a hub model's when it is a published
     architecture; else ``{}``. Only ``model_type`` and ``num_hidden_layers`` are relied on."""
     from powersampling.architectures import PUBLISHED_CONFIGS, architecture_of_hub_id
-    from powersampling.toy.shape import DEFAULT_MODEL_SHAPE
+    from powersampling.toy.shape import ARCHITECTURES, DEFAULT_MODEL_SHAPE
 
     entry = config["models"][model]
     source = entry["source"]
     if source == TOY_SOURCE:
         shape = {**DEFAULT_MODEL_SHAPE, **(toy_settings(config, model).get("model_shape") or {})}
-        return {"model_type": "qwen2", **shape}
+        return {"model_type": ARCHITECTURES.get(shape["architecture"]), **shape}
     if source == REHEARSAL_SOURCE:
         settings = entry.get("rehearsal") or {}
         fields = dict(PUBLISHED_CONFIGS.get(settings.get("architecture"), {}))
@@ -286,6 +288,7 @@ def _check_references(config: dict[str, Any]) -> list[str]:
     for name, model in config["models"].items():
         problems += _check_model(name, model, config["tasks"])
     problems += _check_dps(config)
+    problems += _check_reliability(config)
     problems += _check_architectures(config)
     for name, task in config["tasks"].items():
         if task["kind"] in GENERATED_KINDS and task.get("limit") is None:
@@ -297,6 +300,32 @@ def _check_references(config: dict[str, Any]) -> list[str]:
         source = task.get("source")
         if source and is_local_path(source) and not Path(source).expanduser().exists():
             problems.append(f"tasks.{name}.source: no file at {source}")
+    return problems
+
+
+def _check_reliability(config: dict[str, Any]) -> list[str]:
+    """The reliability study's names, and quantized models where no GPU can be."""
+    problems = []
+    for name, model in config["models"].items():
+        if model.get("quantization") and config["device"] == "cpu":
+            problems.append(
+                f"models.{name}.quantization: 4-bit loading needs a CUDA GPU, and device is cpu"
+            )
+    study = config["studies"].get("reliability")
+    if study is None:
+        return problems
+    for kind in ("tasks", "models", "methods"):
+        for name in study[kind]:
+            if name not in config[kind]:
+                problems.append(
+                    f"studies.reliability.{kind}: {name!r} is not defined under '{kind}' "
+                    f"(defined: {', '.join(sorted(config[kind]))})"
+                )
+            elif kind == "methods" and config["methods"][name]["sampler"] == "dps":
+                problems.append(
+                    f"studies.reliability.methods: {name!r} is a dps method; the study "
+                    "compares decoding settings one run at a time"
+                )
     return problems
 
 
@@ -498,6 +527,15 @@ def planned_runs(config: dict[str, Any]) -> list[Run]:
                 for method in experiment["methods"]:
                     for seed in experiment["seeds"]:
                         runs[Run(task, model, method, int(seed))] = None
+    # The reliability study: greedy settings once, the others `runs` times.
+    study = config.get("studies", {}).get("reliability")
+    if study is not None:
+        for task in study["tasks"]:
+            for model in study["models"]:
+                for method in study["methods"]:
+                    greedy = config["methods"][method]["sampler"] == "greedy"
+                    for seed in range(1 if greedy else study["runs"]):
+                        runs[Run(task, model, method, seed)] = None
     # The DPS study's pool: seeds 0..k_max-1 of its power method are the trajectories.
     study = config.get("studies", {}).get("dps")
     if study is not None:

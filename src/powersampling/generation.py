@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import replace
@@ -157,6 +158,7 @@ def generate_shard(
     frame["model"] = model_name
     frame["method"] = method_name
     frame["sampler"] = sampler_name
+    frame["sampling"] = sampling_record(sampler, dps)
     frame["seed"] = seed
     frame["shard"] = shard
     if "chain" not in frame:  # dps names the trajectory that won its vote
@@ -171,6 +173,16 @@ def generate_shard(
     if "chain_lifetime_s" not in frame:  # only samplers that run chains record it
         frame["chain_lifetime_s"] = float("nan")
     return _with_schema_dtypes(frame)
+
+
+def sampling_record(sampler, dps=None) -> str:
+    """The effective sampling settings of a shard, as JSON (the ``sampling`` column)."""
+    record = {"sampler": sampler.name, **sampler.params, "generation_config": "ignored"}
+    if dps is not None and sampler.name == "dps":
+        from powersampling.samplers import method_params
+
+        record["pool"] = {"sampler": dps.power["sampler"], **method_params(dps.power)}
+    return json.dumps(record, sort_keys=True)
 
 
 def chain_seed(seed: int, task_name: str, model_name: str, method_name: str, problem_id) -> int:
@@ -261,6 +273,8 @@ def _with_schema_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
         "perplexity",
         "self_confidence",
         "mean_token_prob",
+        "min_token_logp",
+        "sampled_logq_sum",
         "temperature",
     ]:
         frame[name] = frame[name].astype("float64")

@@ -50,7 +50,15 @@ GENERATION_SCHEMA = pa.schema(
         ("perplexity", pa.float64()),  # exp(-logp_sum / n_new_tokens)
         ("self_confidence", pa.float64()),  # mean top-1 probability of the base model
         ("mean_token_prob", pa.float64()),  # mean probability of the chosen tokens (base, T=1)
+        ("min_token_logp", pa.float64()),  # the least likely token's log p (base, T=1)
+        # log q of the answer under the distribution it was drawn from (temperature, top-k;
+        # 0 for greedy): a confidence of the sampler, not of the model.
+        ("sampled_logq_sum", pa.float64()),
         ("temperature", pa.float64()),
+        # The effective sampling settings, JSON: the sampler and every parameter it used,
+        # defaults filled in. A model's shipped generation_config (top-p, top-k, repetition
+        # penalty) is never applied; this says so ("generation_config": "ignored").
+        ("sampling", pa.string()),
         ("acceptance_rate", pa.float64()),
         ("proposals", pa.int32()),
         ("tokens_decoded", pa.int64()),

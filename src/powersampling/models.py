@@ -43,6 +43,7 @@ def load_model(
     device: str = "auto",
     local_files_only: bool | None = None,
     tokenizer=None,
+    quantization: str | None = None,
 ):
     """Return ``(model, tokenizer)``: the model in eval mode on ``device``, the tokenizer
     padding on the left with a pad token (EOS when the tokenizer has none). A ``tokenizer``
@@ -52,6 +53,8 @@ def load_model(
     ``dtype`` is one of auto, float32, bfloat16, float16. ``auto`` keeps the checkpoint's
     dtype on a GPU and uses float32 on a CPU, where half precision is slow and inexact.
     ``local_files_only=None`` leaves the choice to ``transformers`` (``HF_HUB_OFFLINE``).
+    ``quantization="4bit"`` loads the weights in 4 bits (bitsandbytes NF4, bfloat16 compute):
+    it needs a CUDA device and the bitsandbytes package, and says so otherwise.
     """
     if dtype != "auto" and dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not one of {['auto', *DTYPES]}")
@@ -62,17 +65,49 @@ def load_model(
     else:
         torch_dtype = DTYPES[dtype]
 
+    quantized = _quantization_config(quantization, torch_device)
     if tokenizer is None:
         tokenizer = load_tokenizer(source, revision=revision, local_files_only=local_files_only)
     with _loading(source):
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, **_hub_kwargs(revision, local_files_only)
-        )
-    model.to(torch_device)
+            source,
+            dtype=torch.bfloat16 if quantized else torch_dtype,
+            **({"quantization_config": quantized, "device_map": {"": torch_device}}
+               if quantized else {}),
+            **_hub_kwargs(revision, local_files_only),
+        )  # fmt: skip
+    if not quantized:  # a quantized model is placed by its device_map
+        model.to(torch_device)
     model.eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _quantization_config(quantization: str | None, device: torch.device):
+    """transformers' BitsAndBytesConfig for ``quantization``, or None; a UserError when the
+    machine cannot load it (no CUDA device, no bitsandbytes)."""
+    if quantization is None:
+        return None
+    if quantization != "4bit":
+        raise UserError(f"quantization must be 4bit or null (got {quantization!r})")
+    if device.type != "cuda":
+        raise UserError(
+            f"4-bit loading needs a CUDA GPU (this job runs on {device.type}); load the model "
+            "at its dtype (quantization: null) or run the job on a GPU node"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(
+            "4-bit loading needs the bitsandbytes package: pip install bitsandbytes "
+            "(it is not a dependency of this project)"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
 
 
 def load_tokenizer(source: str, *, revision: str | None = None, local_files_only=None):

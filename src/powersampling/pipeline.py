@@ -316,6 +316,7 @@ def _load_model(model: dict[str, Any], source: str, device: str, tokenizer, log:
         device=device,
         local_files_only=True,
         tokenizer=tokenizer,
+        quantization=model.get("quantization"),
     )
     truncation = model.get("truncation")
     if truncation:
@@ -829,6 +830,82 @@ def dps_html(table: pd.DataFrame, level: float, k_max: int) -> str:
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Dynamic power sampling"
         "</title></head><body>"
         f"{body}</body></html>\n"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Temperature reliability
+
+
+def collect_reliability(
+    *,
+    paths: Sequence[str],
+    prompts: dict[str, str],
+    study: dict[str, Any],
+    report: dict[str, Any],
+    seed: int,
+    outputs: dict[str, str],
+    log: Log = _no_log,
+) -> dict[str, pd.DataFrame]:
+    """The reliability tables (:mod:`powersampling.reliability`) over the study's graded
+    shards: ``reliability`` (also as HTML), ``reliability_bins`` and ``failures``.
+    ``prompts``: task → its prompt style (``instruction`` asks for the bare number)."""
+    from powersampling.reliability import annotate, reliability_tables
+
+    graded = io.read_parquet(list(paths))
+    graded = graded[
+        graded["task"].isin(study["tasks"])
+        & graded["model"].isin(study["models"])
+        & graded["method"].isin(study["methods"])
+    ]
+    rows = annotate(graded, {t: style == "instruction" for t, style in prompts.items()})
+    tables = reliability_tables(
+        rows,
+        n_boot=report["bootstrap_samples"],
+        level=report["ci_level"],
+        seed=seed,
+        bins=study["calibration_bins"],
+    )
+    for name, table in tables.items():
+        io.write_table(table, outputs[name])
+    io.write_text_atomic(outputs["html"], reliability_html(tables["reliability"]))
+    shown = ["task", "model", "method", "accuracy_strict", "accuracy_lenient", "compliance"]
+    log(tables["reliability"][shown].to_string(index=False))
+    return tables
+
+
+def reliability_html(table: pd.DataFrame) -> str:
+    """The reliability summary as the report shows it."""
+
+    def ci(name):
+        low, high = table[f"{name}_low"], table[f"{name}_high"]
+        return [
+            f"{a:.3f} [{lo:.3f}, {hi:.3f}]"
+            for a, lo, hi in zip(table[name], low, high, strict=True)
+        ]
+
+    shown = pd.DataFrame(
+        {
+            "task": table["task"],
+            "model": table["model"],
+            "setting": table["method"],
+            "runs": table["n_runs"],
+            "accuracy, strict": ci("accuracy_strict"),
+            "accuracy, lenient": ci("accuracy_lenient"),
+            "compliance": ci("compliance"),
+            "accuracy sd across runs": table["accuracy_run_std"],
+            "same answer in all runs": table["answer_agreement"],
+            "same string in all runs": table["string_agreement"],
+            "mean token log p (T=1)": table["logp_t1_mean"],
+            "min token log p (T=1)": table["logp_t1_min"],
+            "mean token log q (sampled)": table["logq_sampling_mean"],
+            "ECE": table["ece"],
+        }
+    )
+    body = shown.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0, na_rep="")
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Reliability</title>"
+        f"</head><body>{body}</body></html>\n"
     )
 
 

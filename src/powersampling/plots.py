@@ -706,6 +706,133 @@ def plot_dps_importance(table: pd.DataFrame, path) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Temperature reliability
+
+
+def _settings_order(rows: pd.DataFrame) -> list[str]:
+    """Settings from greedy (T = 0) to the hottest."""
+    firsts = rows.drop_duplicates("method").sort_values(["temperature", "method"])
+    return list(firsts["method"])
+
+
+def plot_reliability(table: pd.DataFrame, path) -> None:
+    """Strict accuracy, lenient accuracy and compliance per setting, one panel per task,
+    one colour per model (sparse and dense side by side), with CIs."""
+    columns = ["task", "model", "method", "temperature", "accuracy_strict",
+               "accuracy_strict_low", "accuracy_strict_high", "accuracy_lenient",
+               "accuracy_lenient_low", "accuracy_lenient_high", "compliance",
+               "compliance_low", "compliance_high"]  # fmt: skip
+    _check_columns(table, columns, "table")
+    if table.empty:
+        return _message_figure(path, "no reliability results")
+    tasks = sorted(table["task"].unique())
+    colours = _palette(sorted(table["model"].unique()))
+    styles = {"accuracy_strict": "-", "accuracy_lenient": "--", "compliance": ":"}
+    labels = {"accuracy_strict": "strict", "accuracy_lenient": "lenient",
+              "compliance": "compliance"}  # fmt: skip
+    fig, axes = _panels(len(tasks), sharey=True)
+    for ax, task in zip(axes, tasks, strict=True):
+        rows = table[table["task"] == task]
+        order = _settings_order(rows)
+        for model, colour in colours.items():
+            sub = rows[rows["model"] == model].set_index("method").reindex(order)
+            x = np.arange(len(order))
+            for metric, style in styles.items():
+                y = sub[metric].to_numpy(dtype=float)
+                ax.plot(x, y, ls=style, marker="o", ms=3, color=colour,
+                        label=f"{model}: {labels[metric]}")  # fmt: skip
+                ax.fill_between(x, sub[f"{metric}_low"], sub[f"{metric}_high"],
+                                color=colour, alpha=0.1)  # fmt: skip
+        ax.set_xticks(np.arange(len(order)), order, rotation=30, ha="right")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(task)
+        ax.set_ylabel("share of generations")
+    _legend(fig, axes, "model: measure")
+    _save(fig, path)
+
+
+def plot_reliability_confidence(table: pd.DataFrame, path) -> None:
+    """Confidence profiles: mean and minimum token log p at T = 1 per setting, one panel per
+    task, one colour per model (the sampled distribution's log q is in the table)."""
+    columns = ["task", "model", "method", "temperature", "logp_t1_mean", "logp_t1_min"]
+    _check_columns(table, columns, "table")
+    if table.empty:
+        return _message_figure(path, "no reliability results")
+    tasks = sorted(table["task"].unique())
+    colours = _palette(sorted(table["model"].unique()))
+    fig, axes = _panels(len(tasks), sharey=False)
+    for ax, task in zip(axes, tasks, strict=True):
+        rows = table[table["task"] == task]
+        order = _settings_order(rows)
+        for model, colour in colours.items():
+            sub = rows[rows["model"] == model].set_index("method").reindex(order)
+            x = np.arange(len(order))
+            ax.plot(x, sub["logp_t1_mean"], marker="o", color=colour, label=f"{model}: mean")
+            ax.plot(x, sub["logp_t1_min"], marker="v", ls="--", color=colour,
+                    label=f"{model}: least likely token")  # fmt: skip
+        ax.set_xticks(np.arange(len(order)), order, rotation=30, ha="right")
+        ax.set_title(task)
+        ax.set_ylabel("token log p, model at T = 1")
+    _legend(fig, axes, "model: confidence")
+    _save(fig, path)
+
+
+def plot_reliability_calibration(table: pd.DataFrame, path) -> None:
+    """Reliability diagrams: strict accuracy against confidence (exp mean token log p at
+    T = 1) in equal-mass bins, one line per setting, one panel per (task, model)."""
+    columns = ["task", "model", "method", "bin", "n", "mean_confidence", "accuracy"]
+    _check_columns(table, columns, "table")
+    if table.empty:
+        return _message_figure(path, "no reliability results")
+    panels = _panel_keys(table, ["task", "model"])
+    colours = _palette(list(dict.fromkeys(table["method"])))
+    fig, axes = _panels(len(panels), sharey=True)
+    for ax, (task, model) in zip(axes, panels, strict=True):
+        rows = table[(table["task"] == task) & (table["model"] == model)]
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        for method, group in rows.groupby("method", sort=False):
+            group = group.sort_values("mean_confidence")
+            ax.plot(group["mean_confidence"], group["accuracy"], marker="o", ms=3,
+                    color=colours[method], label=method)  # fmt: skip
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{task} / {model}")
+        ax.set_xlabel("confidence: exp(mean token log p), T = 1")
+        ax.set_ylabel("accuracy (strict)")
+    _legend(fig, axes, "setting")
+    _save(fig, path)
+
+
+def plot_failures(table: pd.DataFrame, path) -> None:
+    """The failure taxonomy as stacked rates per setting (share of all generations), one
+    panel per (task, model); what is left to 1 is right."""
+    columns = ["task", "model", "method", "category", "rate"]
+    _check_columns(table, columns, "table")
+    if table.empty:
+        return _message_figure(path, "no reliability results")
+    panels = _panel_keys(table, ["task", "model"])
+    categories = list(dict.fromkeys(table["category"]))
+    colours = dict(zip(categories, sns.color_palette("colorblind", len(categories)), strict=True))
+    fig, axes = _panels(len(panels), sharey=True)
+    for ax, (task, model) in zip(axes, panels, strict=True):
+        rows = table[(table["task"] == task) & (table["model"] == model)]
+        order = list(dict.fromkeys(rows["method"]))
+        grid = rows.pivot(index="method", columns="category", values="rate").reindex(order)
+        bottom = np.zeros(len(order))
+        for category in categories:
+            values = grid[category].fillna(0).to_numpy(dtype=float)
+            ax.bar(np.arange(len(order)), values, bottom=bottom, color=colours[category],
+                   label=category)  # fmt: skip
+            bottom += values
+        ax.set_xticks(np.arange(len(order)), order, rotation=30, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{task} / {model}")
+        ax.set_ylabel("share of generations")
+    _legend(fig, axes, "failure (first rule that matches)")
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
 # The registry of report figures
 
 
@@ -732,6 +859,7 @@ LIKELIHOOD_AND_COMPUTE = "2. Likelihood and compute"
 SAMPLER_DIAGNOSTICS = "3. Sampler diagnostics"
 INSIDE = "6. Inside the model"  # 4 is the configuration, 5 the toy-world studies
 DPS = "7. Dynamic power sampling"
+RELIABILITY = "8. Reliability"
 
 FIGURES: dict[str, FigureSpec] = {
     spec.name: spec
@@ -777,5 +905,21 @@ FIGURES: dict[str, FigureSpec] = {
         FigureSpec("dps_pareto", plot_dps_pareto, "dps_sweep", DPS, "dps"),
         FigureSpec("dps_calibration", plot_dps_calibration, "dps_calibration", DPS, "dps"),
         FigureSpec("dps_importance", plot_dps_importance, "dps_importance", DPS, "dps"),
+        FigureSpec("reliability", plot_reliability, "reliability", RELIABILITY, "reliability"),
+        FigureSpec(
+            "reliability_confidence",
+            plot_reliability_confidence,
+            "reliability",
+            RELIABILITY,
+            "reliability",
+        ),
+        FigureSpec(
+            "reliability_calibration",
+            plot_reliability_calibration,
+            "reliability_bins",
+            RELIABILITY,
+            "reliability",
+        ),
+        FigureSpec("failures", plot_failures, "failures", RELIABILITY, "reliability"),
     ]
 }

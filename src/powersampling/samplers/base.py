@@ -144,6 +144,7 @@ def completion_record(
     acceptance_rate: float | None = None,
     proposals: int | None = None,
     sampler_trace: list[dict[str, float]] | None = None,
+    logq: torch.Tensor | None = None,
 ) -> dict:
     """The per-completion fields of the generation schema.
 
@@ -151,7 +152,10 @@ def completion_record(
     at T=1: ``mean_entropy`` is the mean entropy of the next-token distributions,
     ``perplexity`` exp(-mean log p), ``self_confidence`` the mean probability of the most
     likely token, ``mean_token_prob`` the mean probability of the chosen token. An empty
-    completion has NaN for all four.
+    completion has NaN for all four. ``min_token_logp`` is the least likely token's log p
+    (base model, T=1); ``sampled_logq_sum`` the answer's log q under the distribution its
+    tokens were drawn from (temperature and top-k applied; 0 for greedy decoding; NaN when
+    the sampler does not give ``logq``): the two are different confidences, named apart.
     ``sampler_trace`` is the sampler's per-stage diagnostics: one record per stage, in
     order, each a mapping from the keys in the sampler's ``TRACE_FIELDS`` to numbers.
     ``token_budget`` is the most new tokens the row was allowed.
@@ -167,6 +171,8 @@ def completion_record(
         "perplexity": math.exp(-logp_sum / n) if n else math.nan,
         "self_confidence": float(top1.mean()) if n else math.nan,
         "mean_token_prob": float(logp.exp().mean()) if n else math.nan,
+        "min_token_logp": float(logp.min()) if n else math.nan,
+        "sampled_logq_sum": (float(logq.sum()) if n else 0.0) if logq is not None else math.nan,
         "temperature": float(temperature),
         "tokens_decoded": int(tokens_decoded),
         "tokens_prefilled": int(tokens_prefilled),

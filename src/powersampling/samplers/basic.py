@@ -21,6 +21,7 @@ def _records(prompts, ext, temperature: float, budgets: list[int]) -> list[dict]
             tokens_decoded=len(ext.tokens[i]),
             tokens_prefilled=len(prompts[i]),
             token_budget=budgets[i],
+            logq=ext.logq[i],
         )
         for i in range(len(prompts))
     ]

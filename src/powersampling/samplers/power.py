@@ -415,6 +415,7 @@ class PowerSampler(Sampler):
             acceptance_rate=chain.accepted / chain.proposals if chain.proposals else None,
             proposals=chain.proposals,
             sampler_trace=chain.trace,
+            logq=torch.from_numpy(chain.logq),
         )
         rec["chain_lifetime_s"] = chain.lifetime_s
         return rec

@@ -19,7 +19,14 @@ DEFAULT_MODEL_SHAPE = {
     "num_key_value_heads": 4,
     "intermediate_size": 384,
     "max_position_embeddings": 384,
+    # "dense" (Qwen2) or "moe" (Mixtral: each block's MLP is num_experts experts of
+    # intermediate_size / experts_per_token, of which experts_per_token run per token, so a
+    # token meets as many MLP parameters as in the dense model: the sparse twin).
+    "architecture": "dense",
+    "num_experts": 4,
+    "experts_per_token": 2,
 }
+ARCHITECTURES = {"dense": "qwen2", "moe": "mixtral"}  # toy architecture -> model_type
 
 
 def toy_context_length(settings: dict[str, Any]) -> int:

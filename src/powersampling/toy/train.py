@@ -204,6 +204,7 @@ def fit_toy_model(
     config = toy_model_config(len(tokenizer), **shape)
     model = build_toy_model(config, seed=derive_seed(seed, "toy-init"))
     model.train()
+    router = {"output_router_logits": True} if shape["architecture"] == "moe" else {}
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=cfg["learning_rate"],
@@ -228,11 +229,14 @@ def fit_toy_model(
         idx = next(batches)
         width = int(lengths[idx].max())  # right padding: columns past this are all pad
         x, y = ids[idx, :width], labels[idx, :width]  # (B, T)
-        logits = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id)).logits
+        out = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id), **router)
+        logits = out.logits
         # Position t predicts token t+1.
         loss = F.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=IGNORE
         )
+        if router:  # a mixture of experts: its load-balancing loss, as Mixtral trains with
+            loss = loss + config.router_aux_loss_coef * out.aux_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
