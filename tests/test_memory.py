@@ -221,3 +221,19 @@ def test_plan_generation_reads_a_local_model_config(tmp_path):
     assert unknown.batch == 2 and "unlimited" in unknown.reason
     with pytest.raises(UserError, match="cannot read the config"):
         memory.model_config(str(tmp_path / "missing"))
+
+
+def test_a_4bit_model_is_planned_with_its_quantized_weights():
+    """NF4: 4.5 bits per weight of the linear layers; embeddings and head in bfloat16."""
+    from transformers import MixtralConfig
+
+    config = MixtralConfig(vocab_size=1000, hidden_size=256, intermediate_size=512,
+                           num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                           num_local_experts=8)  # fmt: skip
+    method = {"sampler": "greedy", "max_new_tokens": 16}
+    full = plan_memory(config, "bfloat16", method, [32], 4, None)
+    nf4 = plan_memory(config, "bfloat16", method, [32], 4, None, quantization="4bit")
+    n, embeddings = full.shape.n_params, 2 * 1000 * 256
+    assert full.items.weights == 2 * n
+    assert nf4.items.weights == int((n - embeddings) * 4.5 / 8 + embeddings * 2)
+    assert nf4.items.weights < full.items.weights / 3

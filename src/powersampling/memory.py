@@ -150,6 +150,7 @@ class JobShape:
     kv_per_token: int  # bytes, kv_bytes_per_token
     prompt_tokens: int  # the longest prompt
     max_new_tokens: int
+    quantization: str | None = None  # "4bit": the linear layers' weights in NF4
 
     @property
     def dtype_bytes(self) -> int:
@@ -157,7 +158,14 @@ class JobShape:
 
     @property
     def weights(self) -> int:
-        return self.n_params * self.dtype_bytes
+        if self.quantization is None:
+            return self.n_params * self.dtype_bytes
+        # NF4 stores 4 bits per weight plus one float32 scale per block of 64 (4.5 bits);
+        # the embeddings and the LM head stay in the compute dtype (counted both, as if
+        # untied: an upper bound).
+        embeddings = 2 * self.vocab * self.hidden
+        quantized = max(self.n_params - embeddings, 0) * 4.5 / 8
+        return int(quantized + embeddings * self.dtype_bytes)
 
     @property
     def rolling(self) -> bool:
@@ -171,7 +179,11 @@ class JobShape:
 
 
 def job_shape(
-    config, dtype: torch.dtype, method: dict[str, Any], prompt_lengths: Sequence[int]
+    config,
+    dtype: torch.dtype,
+    method: dict[str, Any],
+    prompt_lengths: Sequence[int],
+    quantization: str | None = None,
 ) -> JobShape:
     """The shape of one generation job; the method's defaults are filled in by its sampler."""
     from powersampling.samplers import method_params
@@ -195,6 +207,7 @@ def job_shape(
         kv_per_token=kv_bytes_per_token(config, dtype),
         prompt_tokens=max(prompt_lengths),
         max_new_tokens=params["max_new_tokens"],
+        quantization=quantization,
     )
 
 
@@ -420,6 +433,7 @@ def plan_memory(
     host_bytes: int | None = None,
     name: str = "",
     device_type: str = "cuda",
+    quantization: str | None = None,
 ) -> MemoryPlan:
     """The largest batch <= ``batch_size`` whose peak fits ``device_bytes`` (None: unlimited).
 
@@ -435,7 +449,7 @@ def plan_memory(
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1 (got {batch_size})")
     dtype = resolve_dtype(dtype, config, device_type)
-    shape = job_shape(config, dtype, method, prompt_lengths)
+    shape = job_shape(config, dtype, method, prompt_lengths, quantization)
     name = name or f"{type(config).__name__} / {shape.sampler}"
     if not shape.rolling:
         stores = [None]
@@ -596,6 +610,7 @@ def plan_generation(
     host_bytes: int | None = None,
     local_files_only: bool | None = None,
     name: str = "",
+    quantization: str | None = None,
 ) -> MemoryPlan:
     """The plan a generation job makes before loading its model, from the model's config,
     the shard's prompts and the device's memory as it is now (``device_bytes``, when given,
@@ -616,6 +631,7 @@ def plan_generation(
         host_bytes=host_bytes,
         name=name,
         device_type=device.type,
+        quantization=quantization,
     )
 
 
@@ -685,6 +701,7 @@ def plan_config(
                 device_note=device_note,
                 host_bytes=host_bytes,
                 name=f"{model} / {method}",
+                quantization=config["models"][model].get("quantization"),
             )
         except UserError as err:
             jobs.append(PlannedJob(model, method, None, str(err)))

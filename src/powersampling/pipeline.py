@@ -236,6 +236,7 @@ def generate(
         device=resolve_device(device),
         device_bytes=_gib_to_bytes(generation.get("device_memory_gib")),
         name=f"{model_name} / {method_name}",
+        quantization=model.get("quantization"),
     )
     log(plan.describe())
     log(f"loading model {model_name} from {source}")
