@@ -265,20 +265,14 @@ def _check_references(config: dict[str, Any]) -> list[str]:
                         f"experiments.{i}.{section}: {name!r} is not defined under "
                         f"'{section}' (defined: {known})"
                     )
-    for study, section in _analyses(config).items():
-        for kind in ("tasks", "models"):
-            for name in section[kind]:
-                if name not in config[kind]:
-                    problems.append(
-                        f"studies.{study}.{kind}: {name!r} is not defined under '{kind}' "
-                        f"(defined: {', '.join(sorted(config[kind]))})"
-                    )
-                elif study == "patching" and kind == "tasks":
-                    if config["tasks"][name]["kind"] != "pairs":
-                        problems.append(
-                            f"studies.patching.tasks: {name!r} is a "
-                            f"{config['tasks'][name]['kind']} task; patching needs pairs"
-                        )
+    for study in _analyses(config):
+        problems += _undefined_names(config, study, ("tasks", "models"))
+    for name in config["studies"].get("patching", {}).get("tasks", []):
+        kind = config["tasks"].get(name, {}).get("kind", "pairs")
+        if kind != "pairs":
+            problems.append(
+                f"studies.patching.tasks: {name!r} is a {kind} task; patching needs pairs"
+            )
     for name, task in config["tasks"].items():
         if task["kind"] == "pairs" and task["shard_size"] % 2:
             problems.append(
@@ -303,6 +297,19 @@ def _check_references(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _undefined_names(config: dict[str, Any], study: str, kinds: tuple[str, ...]) -> list[str]:
+    """Names a study section gives under ``kinds`` (tasks, models, methods) that the config
+    does not define."""
+    section = config["studies"][study]
+    return [
+        f"studies.{study}.{kind}: {name!r} is not defined under '{kind}' "
+        f"(defined: {', '.join(sorted(config[kind]))})"
+        for kind in kinds
+        for name in section[kind]
+        if name not in config[kind]
+    ]
+
+
 def _check_reliability(config: dict[str, Any]) -> list[str]:
     """The reliability study's names, and quantized models where no GPU can be."""
     problems = []
@@ -314,18 +321,13 @@ def _check_reliability(config: dict[str, Any]) -> list[str]:
     study = config["studies"].get("reliability")
     if study is None:
         return problems
-    for kind in ("tasks", "models", "methods"):
-        for name in study[kind]:
-            if name not in config[kind]:
-                problems.append(
-                    f"studies.reliability.{kind}: {name!r} is not defined under '{kind}' "
-                    f"(defined: {', '.join(sorted(config[kind]))})"
-                )
-            elif kind == "methods" and config["methods"][name]["sampler"] == "dps":
-                problems.append(
-                    f"studies.reliability.methods: {name!r} is a dps method; the study "
-                    "compares decoding settings one run at a time"
-                )
+    problems += _undefined_names(config, "reliability", ("tasks", "models", "methods"))
+    for name in study["methods"]:
+        if config["methods"].get(name, {}).get("sampler") == "dps":
+            problems.append(
+                f"studies.reliability.methods: {name!r} is a dps method; the study "
+                "compares decoding settings one run at a time"
+            )
     return problems
 
 
@@ -339,13 +341,7 @@ def _check_dps(config: dict[str, Any]) -> list[str]:
             f"methods.{name}: a dps method needs the controllers of studies.dps (absent)"
             for name in dps_methods
         ]
-    for kind in ("tasks", "models"):
-        for name in study[kind]:
-            if name not in config[kind]:
-                problems.append(
-                    f"studies.dps.{kind}: {name!r} is not defined under '{kind}' "
-                    f"(defined: {', '.join(sorted(config[kind]))})"
-                )
+    problems += _undefined_names(config, "dps", ("tasks", "models"))
     pool = config["methods"].get(study["pool"])
     if pool is None or pool["sampler"] != "power":
         problems.append(f"studies.dps.pool: {study['pool']!r} is not a power-sampling method")

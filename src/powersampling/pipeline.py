@@ -702,7 +702,7 @@ def evaluate_dps(
 ) -> dict[str, pd.DataFrame]:
     """Replay every stopping rule on the held-out questions of one pool (see
     :func:`powersampling.dps.evaluation.evaluate`) and write its tables."""
-    from powersampling.dps.controllers import Controller
+    from powersampling.dps.controllers import Controller, uses_question
     from powersampling.dps.evaluation import evaluate
     from powersampling.dps.policy import Schedule
     from powersampling.dps.trajectories import feature_names
@@ -710,13 +710,10 @@ def evaluate_dps(
     pool = pd.read_parquet(pool_path)
     embeddings = pd.read_parquet(embeddings_path) if embeddings_path else None
     dim = len(embeddings["embedding"].iloc[0]) if embeddings is not None else 0
-    controllers = {}
-    for name, path in controller_paths.items():
-        from powersampling.dps.controllers import uses_question
-
-        controllers[name] = Controller.load(
-            path, features=feature_names(dim if uses_question(name) else 0)
-        )
+    controllers = {
+        name: Controller.load(path, features=feature_names(dim if uses_question(name) else 0))
+        for name, path in controller_paths.items()
+    }
     tables = evaluate(
         pool,
         embeddings,

@@ -654,32 +654,39 @@ def plot_dps_pareto(table: pd.DataFrame, path) -> None:
     _save(fig, path)
 
 
-def plot_dps_calibration(table: pd.DataFrame, path) -> None:
-    """Reliability diagram of each controller's p̂_enough on the held-out decisions: the
-    observed rate of "enough" against the mean p̂ per bin (marker area ~ decisions)."""
-    columns = ["task", "model", "controller", "mean_p_enough", "enough_rate", "n"]
-    _check_columns(table, columns, "table")
+def _reliability_diagrams(table, by, x, y, labels, path, empty) -> None:
+    """Observed rate ``y`` against mean prediction ``x`` per bin, one line per ``by``
+    value, one panel per (task, model); marker area grows with the bin's ``n``; the dotted
+    diagonal is perfect calibration. ``labels``: (x label, y label, legend title)."""
+    _check_columns(table, ["task", "model", by, x, y, "n"], "table")
     if table.empty:
-        return _message_figure(path, "no controller results")
+        return _message_figure(path, empty)
     panels = _panel_keys(table, ["task", "model"])
-    colours = _palette(sorted(table["controller"].unique()))
+    colours = _palette(list(dict.fromkeys(table[by])))
     fig, axes = _panels(len(panels), sharey=True)
     for ax, (task, model) in zip(axes, panels, strict=True):
         rows = table[(table["task"] == task) & (table["model"] == model)]
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-        for name, group in rows.groupby("controller"):
-            group = group.sort_values("mean_p_enough")
-            ax.plot(group["mean_p_enough"], group["enough_rate"], color=colours[name], lw=1)
+        for name, group in rows.groupby(by, sort=False):
+            group = group.sort_values(x)
+            ax.plot(group[x], group[y], color=colours[name], lw=1)
             area = 8 + 150 * group["n"] / rows["n"].max()
-            ax.scatter(group["mean_p_enough"], group["enough_rate"], s=area,
-                       color=colours[name], alpha=0.7, label=name)  # fmt: skip
+            ax.scatter(group[x], group[y], s=area, color=colours[name], alpha=0.7, label=name)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{task} / {model}")
-        ax.set_xlabel("predicted p(enough)")
-        ax.set_ylabel("observed share enough")
-    _legend(fig, axes, "controller")
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
+    _legend(fig, axes, labels[2])
     _save(fig, path)
+
+
+def plot_dps_calibration(table: pd.DataFrame, path) -> None:
+    """Reliability diagram of each controller's p̂_enough on the held-out decisions: the
+    observed rate of "enough" against the mean p̂ per bin (marker area ~ decisions)."""
+    labels = ("predicted p(enough)", "observed share enough", "controller")
+    _reliability_diagrams(table, "controller", "mean_p_enough", "enough_rate", labels, path,
+                          "no controller results")  # fmt: skip
 
 
 def plot_dps_importance(table: pd.DataFrame, path) -> None:
@@ -780,27 +787,9 @@ def plot_reliability_confidence(table: pd.DataFrame, path) -> None:
 def plot_reliability_calibration(table: pd.DataFrame, path) -> None:
     """Reliability diagrams: strict accuracy against confidence (exp mean token log p at
     T = 1) in equal-mass bins, one line per setting, one panel per (task, model)."""
-    columns = ["task", "model", "method", "bin", "n", "mean_confidence", "accuracy"]
-    _check_columns(table, columns, "table")
-    if table.empty:
-        return _message_figure(path, "no reliability results")
-    panels = _panel_keys(table, ["task", "model"])
-    colours = _palette(list(dict.fromkeys(table["method"])))
-    fig, axes = _panels(len(panels), sharey=True)
-    for ax, (task, model) in zip(axes, panels, strict=True):
-        rows = table[(table["task"] == task) & (table["model"] == model)]
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-        for method, group in rows.groupby("method", sort=False):
-            group = group.sort_values("mean_confidence")
-            ax.plot(group["mean_confidence"], group["accuracy"], marker="o", ms=3,
-                    color=colours[method], label=method)  # fmt: skip
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.set_title(f"{task} / {model}")
-        ax.set_xlabel("confidence: exp(mean token log p), T = 1")
-        ax.set_ylabel("accuracy (strict)")
-    _legend(fig, axes, "setting")
-    _save(fig, path)
+    labels = ("confidence: exp(mean token log p), T = 1", "accuracy (strict)", "setting")
+    _reliability_diagrams(table, "method", "mean_confidence", "accuracy", labels, path,
+                          "no reliability results")  # fmt: skip
 
 
 def plot_failures(table: pd.DataFrame, path) -> None:
