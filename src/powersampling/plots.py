@@ -723,12 +723,13 @@ def _settings_order(rows: pd.DataFrame) -> list[str]:
 
 
 def plot_reliability(table: pd.DataFrame, path) -> None:
-    """Strict accuracy, lenient accuracy and compliance per setting, one panel per task,
-    one colour per model (sparse and dense side by side), with CIs."""
+    """Strict accuracy, lenient accuracy and compliance per setting with CIs, and
+    consistency (the share of problems every run answers alike), one panel per task, one
+    colour per model (sparse and dense side by side)."""
     columns = ["task", "model", "method", "temperature", "accuracy_strict",
                "accuracy_strict_low", "accuracy_strict_high", "accuracy_lenient",
                "accuracy_lenient_low", "accuracy_lenient_high", "compliance",
-               "compliance_low", "compliance_high"]  # fmt: skip
+               "compliance_low", "compliance_high", "answer_agreement"]  # fmt: skip
     _check_columns(table, columns, "table")
     if table.empty:
         return _message_figure(path, "no reliability results")
@@ -750,10 +751,13 @@ def plot_reliability(table: pd.DataFrame, path) -> None:
                         label=f"{model}: {labels[metric]}")  # fmt: skip
                 ax.fill_between(x, sub[f"{metric}_low"], sub[f"{metric}_high"],
                                 color=colour, alpha=0.1)  # fmt: skip
+            # consistency: the share of problems answered alike by every run (not greedy's)
+            ax.plot(x, sub["answer_agreement"], ls="-.", marker="s", ms=3, color=colour,
+                    label=f"{model}: same answer in all runs")  # fmt: skip
         ax.set_xticks(np.arange(len(order)), order, rotation=30, ha="right")
         ax.set_ylim(0, 1.02)
         ax.set_title(task)
-        ax.set_ylabel("share of generations")
+        ax.set_ylabel("share")
     _legend(fig, axes, "model: measure")
     _save(fig, path)
 
