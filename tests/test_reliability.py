@@ -213,3 +213,18 @@ def test_greedy_is_bit_identical_across_runs_and_seeds():
         for a, b in zip(runs[0], run, strict=True):
             assert a["completion_ids"] == b["completion_ids"]
             assert a["logp_sum"] == b["logp_sum"]  # bit for bit, not approximately
+
+
+def test_4bit_loading_says_what_it_needs(tmp_path):
+    from powersampling.errors import UserError
+    from powersampling.models import load_model
+    from powersampling.toy.enumerate import random_tiny_model
+    from powersampling.toy.tokenizer import build_char_tokenizer
+
+    random_tiny_model(8).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="4-bit loading needs a CUDA GPU"):
+        load_model(str(tmp_path), device="cpu", local_files_only=True,
+                   tokenizer=build_char_tokenizer(), quantization="4bit")  # fmt: skip
+    with pytest.raises(UserError, match="quantization must be 4bit or null"):
+        load_model(str(tmp_path), device="cpu", local_files_only=True,
+                   tokenizer=build_char_tokenizer(), quantization="2bit")  # fmt: skip
