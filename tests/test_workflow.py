@@ -169,7 +169,7 @@ def test_changing_one_method_reruns_only_its_shards(finished_run, tmp_path):
     snakemake(workdir, "--configfile", str(config))
     rerun = {p for p, mtime in before.items() if p.stat().st_mtime_ns != mtime}
     assert rerun and all("/temp_0.5/" in str(p) for p in rerun)
-    assert len(rerun) == 2  # 2 shards, each with both seeds
+    assert len(rerun) == 4  # 2 shards of the dense and of the sparse model, both seeds each
     for path in rerun:
         assert (pd.read_parquet(path)["temperature"] == 0.6).all()
 
