@@ -9,6 +9,7 @@ from powersampling.config import (
     TOY_SOURCE,
     BUILT_SOURCES,
     Run,
+    decoding_method,
     shard_rows,
     n_shards,
     planned_runs,
@@ -299,7 +300,7 @@ def dps_generation_params(wildcards):
         return None
     return {
         "pool": study["pool"],
-        "pool_method": config["methods"][study["pool"]],
+        "pool_method": decoding_method(config, wildcards.method),
         "schedule": {k: study[k] for k in ("k_start", "k_step", "k_max")},
     }
 

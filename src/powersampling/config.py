@@ -551,6 +551,15 @@ def run_seeds(config: dict[str, Any]) -> dict[tuple[str, str, str], list[int]]:
     return seeds
 
 
+def decoding_method(config: dict[str, Any], method: str) -> dict[str, Any]:
+    """The method whose sampler decodes ``method``'s tokens: itself, or for a dps method its
+    study's pool method (power sampling)."""
+    entry = config["methods"][method]
+    if entry["sampler"] == "dps":
+        return config["methods"][config["studies"]["dps"]["pool"]]
+    return entry
+
+
 def task_seed(config: dict[str, Any], task: str) -> int:
     return derive_seed(config["seed"], "task", task)
 

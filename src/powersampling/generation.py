@@ -95,6 +95,7 @@ def generate_shard(
     sampler = get_sampler(method, engine)  # validates the method's parameters
     if hasattr(sampler, "kv_store"):  # samplers that keep caches between proposals
         sampler.kv_store = kv_store
+    max_new_tokens = sampler.params.get("max_new_tokens")
     if sampler.name == "dps":
         if dps is None:
             raise UserError(f"method {method_name} (dps) needs its controller (studies.dps)")
@@ -105,12 +106,10 @@ def generate_shard(
                 decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
             )
         )
-    if sampler.name == "dps":
         from powersampling.samplers import method_params
 
-        max_new_tokens = method_params(dps.power)["max_new_tokens"]
-    else:
-        max_new_tokens = sampler.params.get("max_new_tokens")
+        max_new_tokens = method_params(dps.power)["max_new_tokens"]  # its trajectories'
+
     budgets = row_budgets(
         rows,
         prompt_ids,

@@ -671,7 +671,7 @@ def plan_config(
     alone (published, local config.json, or the hub cache; never weights, never network).
     Every prompt is assumed ``prompt_tokens`` long; the batch asked for is
     ``generation.batch_size``."""
-    from powersampling.config import planned_runs
+    from powersampling.config import decoding_method, planned_runs
 
     batch_size = config["generation"]["batch_size"]
     pairs = dict.fromkeys((run.model, run.method) for run in planned_runs(config))
@@ -687,14 +687,11 @@ def plan_config(
         if isinstance(model_cfg, UserError):
             jobs.append(PlannedJob(model, method, None, f"shape unknown: {model_cfg}"))
             continue
-        decoding = config["methods"][method]
-        if decoding["sampler"] == "dps":  # it decodes with its study's power method
-            decoding = config["methods"][config["studies"]["dps"]["pool"]]
         try:
             plan = plan_memory(
                 model_cfg,
                 config["models"][model].get("dtype", "auto"),
-                decoding,
+                decoding_method(config, method),
                 [prompt_tokens],
                 batch_size,
                 device_bytes,

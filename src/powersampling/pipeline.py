@@ -639,18 +639,6 @@ def dps_pool(
     return pool
 
 
-def _dps_inputs(pool_path, embeddings_path, split: str):
-    from powersampling.dps.evaluation import embedding_matrix
-    from powersampling.dps.trajectories import Trajectories
-
-    pool = pd.read_parquet(pool_path)
-    traj = Trajectories.from_pool(pool[pool["split"] == split])
-    embeddings = None
-    if embeddings_path:
-        embeddings = embedding_matrix(pd.read_parquet(embeddings_path), list(traj.problem_ids))
-    return pool, traj, embeddings
-
-
 def train_controller(
     *,
     pool_path,
@@ -663,12 +651,16 @@ def train_controller(
 ):
     """Train one controller on the training questions of a pool, and save it."""
     from powersampling.dps.controllers import train_controller as train
+    from powersampling.dps.evaluation import embedding_matrix
     from powersampling.dps.policy import Schedule
-    from powersampling.dps.trajectories import training_rows
+    from powersampling.dps.trajectories import Trajectories, training_rows
 
-    schedule = Schedule(study["k_start"], study["k_step"], study["k_max"])
-    _, traj, embeddings = _dps_inputs(pool_path, embeddings_path, "train")
-    features, labels, groups = training_rows(traj, schedule.points, embeddings)
+    pool = pd.read_parquet(pool_path)
+    traj = Trajectories.from_pool(pool[pool["split"] == "train"])
+    embeddings = None
+    if embeddings_path:
+        embeddings = embedding_matrix(pd.read_parquet(embeddings_path), list(traj.problem_ids))
+    features, labels, groups = training_rows(traj, Schedule.of(study).points, embeddings)
     log(
         f"{controller}: {len(labels)} decisions of {len(traj.problem_ids)} training questions, "
         f"{labels.mean():.2f} of them enough"
@@ -718,7 +710,7 @@ def evaluate_dps(
         pool,
         embeddings,
         controllers,
-        Schedule(study["k_start"], study["k_step"], study["k_max"]),
+        Schedule.of(study),
         taus=study["taus"],
         extra_taus=online_taus,
         esc_window=study["esc_window"],
@@ -753,7 +745,7 @@ def collect_dps(
     from powersampling.dps.evaluation import TABLE_COLUMNS, comparison_rows, online_summary
     from powersampling.dps.policy import Schedule
 
-    schedule = Schedule(study["k_start"], study["k_step"], study["k_max"])
+    schedule = Schedule.of(study)
     online = io.read_parquet(list(online_paths))
     parts: dict[str, list[pd.DataFrame]] = {
         k: [] for k in ("dps", "sweep", "quality", "cal", "imp")

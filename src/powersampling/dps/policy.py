@@ -53,6 +53,11 @@ class Schedule:
                 f"{self.k_step}, {self.k_max})"
             )
 
+    @classmethod
+    def of(cls, study: dict) -> Schedule:
+        """The schedule of a ``studies.dps`` config section."""
+        return cls(study["k_start"], study["k_step"], study["k_max"])
+
     @property
     def points(self) -> list[int]:
         """The decision points: every k below k_max the schedule reaches."""
