@@ -188,14 +188,14 @@ def test_planning_counts_shards_without_reading_data():
     config["tasks"]["arithmetic"]["shard_size"] = 100
     assert shard_rows(config, "arithmetic", 1) == (100, 200)
     runs = planned_runs(config)
-    # greedy: 2 tasks x 1 seed; two temperatures and power: 2 tasks x 4 seeds each;
+    # greedy: 2 tasks x 1 seed; two temperatures, power and smc: 2 tasks x 4 seeds each;
     # two truncations x three methods on binding, 1 seed; dps on arithmetic, 1 seed; and
     # the DPS pool: power on arithmetic, seeds 4-7 beyond those asked for
-    assert len(runs) == 2 + 3 * 2 * 4 + 2 * 3 + 1 + 4
+    assert len(runs) == 2 + 4 * 2 * 4 + 2 * 3 + 1 + 4
     assert len(set(runs)) == len(runs)
     # A method's seeds share its jobs: one per (task, model, method) and shard.
     seeds = run_seeds(config)
-    assert len(seeds) == 2 * 4 + 2 * 3 + 1
+    assert len(seeds) == 2 * 5 + 2 * 3 + 1
     assert seeds["binding", "toy", "greedy"] == [0]
     assert seeds["binding", "toy", "power_4"] == [0, 1, 2, 3]
     assert seeds["arithmetic", "toy", "power_4"] == list(range(8))

@@ -131,6 +131,27 @@ def test_temperature_sampling_keeps_one_growing_cache(phi):
     assert plan_memory(phi, "bfloat16", PAPER_BASE, [512], 64, None).batch == 64
 
 
+PAPER_SMC = {"sampler": "smc", "alpha": 4.0, "particles": 32, "max_new_tokens": 3072}
+
+
+def test_smc_batches_whole_prompts_of_particles(qwen):
+    plan = plan_memory(qwen, "bfloat16", PAPER_SMC, [300, 512], 64, 80 * GIB)
+    kv = 28 * 2 * 4 * 128 * 2
+    assert plan.shape.particles == 32 and plan.batch % 32 == 0 and plan.batch >= 32
+    assert plan.items.buffer == plan.batch * (512 + 3072) * kv
+    assert plan.items.cache_transient == plan.items.buffer // 28  # one layer's row copies
+    assert plan.items.kv_cache == plan.items.chain_states == 0
+    # A request smaller than one prompt's particles still runs one prompt.
+    assert plan_memory(qwen, "bfloat16", PAPER_SMC, [512], 8, None).batch == 32
+    assert plan_memory(qwen, "bfloat16", PAPER_SMC, [512], 100, None).batch == 96
+    small = plan_memory(qwen, "bfloat16", PAPER_SMC, [512], 256, 40 * GIB)
+    assert small.batch % 32 == 0 and small.limit == "device memory"
+    assert not fits(small.shape, small.batch + 32, None, 40 * GIB)
+    assert f"batch {small.batch + 32} would need" in small.reason
+    with pytest.raises(UserError, match="not even one prompt's 32 particles fit"):
+        plan_memory(qwen, "bfloat16", PAPER_SMC, [512], 64, 17 * GIB)
+
+
 def test_a_device_too_small_for_the_weights_is_refused_with_the_numbers(qwen):
     with pytest.raises(UserError) as err:
         plan_memory(qwen, "bfloat16", PAPER_BASE, [512], 64, 8 * GIB, name="qwen2.5-7b / base")
@@ -167,6 +188,19 @@ def test_plan_matches_a_real_rolling_decoder_and_model(dtype):
     assert plan.batch == slots
     assert plan.items.buffer == decoder.cache.buf.nbytes
     assert plan.items.weights == sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_plan_matches_a_real_particle_batch():
+    from powersampling.engine.particles import ParticleBatch
+
+    model = tiny_model(seed=0)
+    engine = DecodingEngine(model, eos_token_ids=[EOS_ID], pad_token_id=PAD_ID)
+    prompts, new_tokens, particles = [[3, 4, 5, 6, 7], [8, 9]], 9, 4
+    batch = ParticleBatch(engine, prompts, particles, new_tokens)
+    method = {"sampler": "smc", "max_new_tokens": new_tokens, "particles": particles}
+    plan = plan_memory(model.config, torch.float32, method, [5, 2], 8, None, device_type="cpu")
+    assert plan.batch == batch.rows == 8
+    assert plan.items.buffer == batch.cache.buf.nbytes
 
 
 def test_kv_bytes_per_token_match_a_real_cache():

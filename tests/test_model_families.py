@@ -1,9 +1,10 @@
-"""Both engines and the power sampler on every model family the project names.
+"""Both engines, the power sampler and SMC on every model family the project names.
 
 Tiny random models (built in-process, seeded) of Qwen2, Llama, Phi-3, OPT and the
 mixture-of-experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE: greedy decoding through the
 rolling decoder and the static engine must equal argmax decoding with plain uncached
-forward passes, and power sampling must run and return well-formed records. Also: Phi-3's
+forward passes, and power sampling and SMC (resampling at every step, so KV caches are
+copied between rows) must run and return well-formed records. Also: Phi-3's
 LongRoPE switch and finished rows, sliding-window models refused, and no deprecated cache
 argument (a FutureWarning fails every test here).
 """
@@ -20,6 +21,7 @@ from helpers_models import one_torch_thread  # noqa: F401
 from powersampling.engine import DecodingEngine, RollingDecoder
 from powersampling.errors import UserError
 from powersampling.samplers.power import PowerSampler
+from powersampling.samplers.smc import SMCSampler
 from powersampling.seeding import torch_generator
 
 pytestmark = [
@@ -200,6 +202,28 @@ def check_power_sampling(model):
         assert o["finish_reason"] == "eos" or n == budget
         assert o["logp_sum"] == pytest.approx(float(lp.sum()), abs=1e-4)
         assert o["proposals"] == 2 * len(o["sampler_trace"])
+
+
+def test_smc_runs_and_records_are_well_formed(model):
+    check_smc_sampling(model)
+
+
+def check_smc_sampling(model):
+    """SMC runs on ``model``, resampling at every step; each answer is rescored exactly."""
+    engine = engine_for(model)
+    sampler = SMCSampler(engine, alpha=2.0, particles=4, ess_threshold=1.0, max_new_tokens=7)
+    prompts = PREFIXES * 2
+    budgets = [7, 5, 7, 4, 7, 6]
+    swarms = sampler.sample_swarms(prompts, budgets=budgets, chain_seeds=list(range(6)))
+    out = [s.record for s in swarms]
+    logp, _ = engine.score(prompts, [o["completion_ids"] for o in out])
+    for o, lp, budget in zip(out, logp, budgets, strict=True):
+        n = o["n_new_tokens"]
+        assert o["token_budget"] == budget and 1 <= n <= budget
+        assert (o["finish_reason"] == "eos") == (o["completion_ids"][-1] == EOS)
+        assert o["finish_reason"] == "eos" or n == budget
+        assert o["logp_sum"] == pytest.approx(float(lp.sum()), abs=1e-4)
+    assert sum(s.resamples for s in swarms) > 0
 
 
 def test_no_deprecated_cache_argument_or_attribute(caplog):

@@ -23,6 +23,7 @@ from test_model_families import (
     build,
     check_power_sampling,
     check_rolling_greedy,
+    check_smc_sampling,
     check_static_greedy,
     family_config,
 )
@@ -165,6 +166,10 @@ def test_static_engine_greedy_is_uncached_argmax_decoding(model):
 
 def test_power_sampling_runs_and_records_are_well_formed(model):
     check_power_sampling(model)
+
+
+def test_smc_runs_and_records_are_well_formed(model):
+    check_smc_sampling(model)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

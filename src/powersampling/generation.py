@@ -67,7 +67,8 @@ def generate_shard(
     turn. The same arguments give the same completions on CPU; changing ``batch_size`` changes
     which draws each problem gets (the stream is shared by the batch). Power sampling draws
     from one stream per chain instead, seeded by :func:`chain_seed` from the run seed and the
-    problem: a chain's answer depends on neither its shard nor its batch.
+    problem: a chain's answer depends on neither its shard nor its batch. SMC seeds the stream
+    of each prompt's particles the same way.
 
     ``dps``: a :class:`~powersampling.dps.online.DpsSetup`, required by (and only for) a
     ``dps`` method: its controller and pool method. Its trajectory j of a problem, under run
@@ -190,10 +191,11 @@ def chain_seed(seed: int, task_name: str, model_name: str, method_name: str, pro
 
 
 def _row_streams(sampler, rows: list[dict], *, seed: int, names: tuple[str, str, str], dps):
-    """Per-row seeds for the samplers that draw one stream per chain (power, dps)."""
+    """Per-row seeds for the samplers that draw one stream per chain or per prompt's
+    particles (power, smc, dps)."""
     task_name, model_name, method_name = names
     ids = [row["problem_id"] for row in rows]
-    if sampler.name == "power":
+    if sampler.name in ("power", "smc"):
         return {"chain_seeds": [chain_seed(seed, *names, pid) for pid in ids]}
     if sampler.name == "dps":
         k_max = dps.schedule.k_max

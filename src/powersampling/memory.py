@@ -18,6 +18,10 @@ The model of one job, in bytes (``B`` rows, the longest prompt ``P``, ``N`` new 
   (``decoder.kv(row, skip=prompt)``), and one more answer while an accepted proposal
   replaces a chain's. With ``chain_store="host"`` (the sampler's ``kv_store``) the prompt
   caches and answers live in pinned host memory instead, copied into the buffer directly.
+* **smc** (:class:`~powersampling.engine.particles.ParticleBatch`): B rows are B / n
+  prompts of n particles; one preallocated buffer of B × (P + N) × kv, and while particles
+  are resampled, one layer's copied rows. A batch is a whole number of prompts: at least n
+  rows, whatever batch was requested.
 * **temporaries**: a decode step's logits (:func:`~powersampling.engine.pick_tokens` keeps
   about :data:`LOGITS_FLOAT32_COPIES` float32 copies of them), one layer's keys and values
   over the row window (an attention kernel's copy of a strided window, or the rolling
@@ -151,6 +155,7 @@ class JobShape:
     prompt_tokens: int  # the longest prompt
     max_new_tokens: int
     quantization: str | None = None  # "4bit": the linear layers' weights in NF4
+    particles: int = 1  # rows per prompt: smc's particles, 1 for every other sampler
 
     @property
     def dtype_bytes(self) -> int:
@@ -208,6 +213,7 @@ def job_shape(
         prompt_tokens=max(prompt_lengths),
         max_new_tokens=params["max_new_tokens"],
         quantization=quantization,
+        particles=params.get("particles", 1) if method["sampler"] == "smc" else 1,
     )
 
 
@@ -220,12 +226,14 @@ class MemoryItems:
 
     weights: int
     kv_cache: int  # temperature/greedy: the DynamicCache, rows × (prompt + budget)
-    buffer: int  # power: the RollingDecoder's buffer, slots × buffer_columns(max_len)
+    buffer: int  # power: the RollingDecoder's buffer, slots × buffer_columns(max_len); smc:
+    # the ParticleBatch's, rows × max_len
     bookkeeping: int  # the engine's per-row token ids, statistics and masks
     prompt_caches: int  # power, device store: one per prompt of the batch
     chain_states: int  # power, device store: each chain's answer
     host_caches: int  # power, host store: the prompt caches and answers (+ one in transit)
-    cache_transient: int  # temperature: one layer's concatenation; power: one answer replaced
+    cache_transient: int  # temperature: one layer's concatenation; power: one answer replaced;
+    # smc: one layer's rows copied by a resampling
     attention: int  # a decode step: one layer's keys/values window and float32 scores
     logits: int  # a decode step's logits and pick_tokens' float32 copies
     prefill: int  # the prefill phase: activations, padding mask, the prompt KV it builds
@@ -303,6 +311,10 @@ def memory_items(shape: JobShape, batch: int, chain_store: str | None = None) ->
             items["cache_transient"] = replaced
         else:  # pinned host memory, copied straight into the buffer when a row joins
             items["host_caches"] = prompts + answers + replaced
+    elif shape.sampler == "smc":
+        items["buffer"] = batch * M * kv
+        items["bookkeeping"] = batch * M  # bool mask per column (token history: host)
+        items["cache_transient"] = batch * M * kv // shape.layers
     else:
         items["kv_cache"] = batch * M * kv
         items["bookkeeping"] = batch * (8 * M + N * stats_bytes)  # int64 attention mask
@@ -337,15 +349,17 @@ def fits(
 
 def _largest_batch(shape: JobShape, requested: int, store, device_bytes, host_bytes) -> int:
     """The largest batch <= ``requested`` that fits, 0 if none. Bisection: memory grows
-    with the batch, so the batches that fit are 1..k."""
-    lo, hi = 0, requested
+    with the batch, so the batches that fit are 1..k. A batch is a whole number of prompts'
+    rows (``shape.particles`` each), at least one prompt's."""
+    unit = shape.particles
+    lo, hi = 0, max(1, requested // unit)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if fits(shape, mid, store, device_bytes, host_bytes):
+        if fits(shape, mid * unit, store, device_bytes, host_bytes):
             lo = mid
         else:
             hi = mid - 1
-    return lo
+    return lo * unit
 
 
 # ------------------------------------------------------------------------------ plans
@@ -481,28 +495,32 @@ def plan_memory(
 
 
 def _limit(shape, requested, batch, store, device_bytes) -> str:
-    """What stops the batch at ``batch``: the request, or the memory one more row lacks."""
-    if batch == requested:
+    """What stops the batch at ``batch``: the request, or the memory one more row (one more
+    prompt's particles, for smc) lacks."""
+    unit = shape.particles
+    if batch == max(1, requested // unit) * unit:
         return "requested"
-    over = memory_items(shape, batch + 1, store)
+    over = memory_items(shape, batch + unit, store)
     if device_bytes is not None and over.peak > device_bytes:
         return "device memory"
     return "host memory"
 
 
 def _reason(shape, best, store, limit, device_bytes, host_bytes) -> str:
-    batch = best[store]
+    batch, unit = best[store], shape.particles
     if limit == "requested":
         why = "the requested batch fits"
+        if unit > 1:
+            why += f" (whole prompts of {unit} particles)"
         if device_bytes is None:
             why += " (device memory unknown: treated as unlimited)"
     else:
-        over = memory_items(shape, batch + 1, store)
+        over = memory_items(shape, batch + unit, store)
         if limit == "device memory":
-            why = f"batch {batch + 1} would need {gib(over.peak)} > {gib(device_bytes)}"
+            why = f"batch {batch + unit} would need {gib(over.peak)} > {gib(device_bytes)}"
         else:
             why = (
-                f"batch {batch + 1} would need {gib(host_need(over))} of host memory "
+                f"batch {batch + unit} would need {gib(host_need(over))} of host memory "
                 f"> {gib(host_bytes)}"
             )
     if store == "host":
@@ -511,13 +529,16 @@ def _reason(shape, best, store, limit, device_bytes, host_bytes) -> str:
 
 
 def _no_row_message(name, shape: JobShape, store, device_bytes, device_note) -> str:
-    one = memory_items(shape, 1, store)
+    unit = shape.particles
+    one = memory_items(shape, unit, store)
     row = one.peak - one.weights - one.reserve
+    what = "one row fits" if unit == 1 else f"one prompt's {unit} particles fit"
+    rows = "one row" if unit == 1 else f"{unit} rows"
     return (
-        f"{name}: not even one row fits on the device: the weights take {gib(one.weights)} "
+        f"{name}: not even {what} on the device: the weights take {gib(one.weights)} "
         f"({shape.n_params:,} parameters x {shape.dtype_bytes} B), KV is "
-        f"{shape.kv_per_token / 1024:.1f} KiB per token, one row of {shape.prompt_tokens} "
-        f"prompt + {shape.max_new_tokens} new tokens needs {gib(row)} more, {gib(one.peak)} "
+        f"{shape.kv_per_token / 1024:.1f} KiB per token, {rows} of {shape.prompt_tokens} "
+        f"prompt + {shape.max_new_tokens} new tokens need {gib(row)} more, {gib(one.peak)} "
         f"in all with the {gib(RESERVE_BYTES)} reserve, but the device has "
         f"{gib(device_bytes)} ({device_note}). Use a larger device, a smaller dtype, or "
         "fewer new tokens."

@@ -161,12 +161,7 @@ class RollingDecoder:
         check_generator(generator, engine.device)
         cfg = engine.model.config.get_text_config()
         check_full_attention(cfg, max_len)
-        self.attn_impl = cfg._attn_implementation
-        if self.attn_impl not in ("sdpa", "eager"):
-            raise UserError(
-                "continuous batching needs 'sdpa' or 'eager' attention "
-                f"(the model uses {self.attn_impl!r})"
-            )
+        self.attn_impl = check_attention_implementation(cfg)
         self.engine = engine
         self.model = engine.model
         self.device = engine.device
@@ -400,16 +395,9 @@ class RollingDecoder:
         # Free slots also attend to their own column, so no row of the batch is fully masked.
         self.mask[:, c.hi] = True
         window = self.mask[:, c.lo : c.hi + 1]  # [S, W]
-        if self.attn_impl == "sdpa":
-            mask4 = window[:, None, None, :]  # [S, 1, 1, W] bool: True = attend
-        else:  # eager: additive float mask
-            mask4 = torch.zeros(window.shape, dtype=self.dtype, device=self.device)
-            mask4 = mask4.masked_fill(~window, torch.finfo(self.dtype).min)[:, None, None, :]
-        # A 4D mask is used as given by every model (transformers' masking_utils returns it
-        # unchanged), whatever mask builder the model would otherwise call.
         result = self.model(
             input_ids=self.next_tok[:, None],
-            attention_mask=mask4,
+            attention_mask=decode_mask(window, self.attn_impl, self.dtype),
             position_ids=self.pos[:, None],
             use_cache=True,
             **{self.engine.cache_arg: c},
@@ -480,6 +468,29 @@ class RollingDecoder:
         out = self._new_kv(hi - start)
         out.copy_(self.cache.buf[:, :, row.slot, :, start:hi])
         return out
+
+
+def check_attention_implementation(cfg) -> str:
+    """The model's attention implementation, if a ready 4D mask works with it (sdpa, eager)."""
+    impl = cfg._attn_implementation
+    if impl not in ("sdpa", "eager"):
+        raise UserError(
+            f"decoding from preallocated caches needs 'sdpa' or 'eager' attention (the model uses "
+            f"{impl!r})"
+        )
+    return impl
+
+
+def decode_mask(window: torch.Tensor, attn_impl: str, dtype: torch.dtype) -> torch.Tensor:
+    """The 4D attention mask of a decode step from the attendable columns ``window`` [S, W].
+
+    A 4D mask is used as given by every model (transformers' masking_utils returns it
+    unchanged), whatever mask builder the model would otherwise call.
+    """
+    if attn_impl == "sdpa":
+        return window[:, None, None, :]  # [S, 1, 1, W] bool: True = attend
+    mask = torch.zeros(window.shape, dtype=dtype, device=window.device)  # eager: additive
+    return mask.masked_fill(~window, torch.finfo(dtype).min)[:, None, None, :]
 
 
 def check_full_attention(cfg, max_len: int) -> None:

@@ -43,6 +43,8 @@ SAMPLERS: dict[str, str] = {
     "greedy": "powersampling.samplers.basic:GreedySampler",
     "temperature": "powersampling.samplers.basic:TemperatureSampler",
     "power": "powersampling.samplers.power:PowerSampler",
+    # Sequential Monte Carlo towards the same target: N weighted particles per prompt.
+    "smc": "powersampling.samplers.smc:SMCSampler",
     # Dynamic power sampling: power-sampled trajectories until a trained controller stops.
     "dps": "powersampling.dps.online:DynamicPowerSampler",
 }
