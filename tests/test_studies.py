@@ -68,7 +68,12 @@ def test_greedy_vs_power_table(model, tmp_path):
 
 def test_every_study_is_registered_with_its_plot_and_caption():
     root = Path(__file__).resolve().parents[1]
-    assert list(studies.STUDIES) == ["power_vs_temperature", "convergence", "greedy_vs_power"]
+    assert list(studies.STUDIES) == [
+        "power_vs_temperature",
+        "convergence",
+        "greedy_vs_power",
+        "frontier",
+    ]
     for name, study in studies.STUDIES.items():
         assert study.name == name
         assert study.plot is getattr(studies, f"plot_{name}")
@@ -86,6 +91,9 @@ def test_pipeline_toy_study_writes_its_table_and_figure(name, tmp_path):
         "mcmc_steps": [0, 2],
         "prompts": 2,
         "init_std": 0.25,
+        "smc_particles": [1, 4],
+        "smc_ess_thresholds": [0.5],
+        "smc_runs": 20,
     }
     table = pipeline.toy_study(
         name, settings, seed=1, table_path=tmp_path / "t.parquet", plot_path=tmp_path / "f.svg"

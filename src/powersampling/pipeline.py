@@ -1091,7 +1091,7 @@ def toy_study(name: str, settings: dict[str, Any], *, seed: int, table_path, plo
     eos = [vocab - 1]
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, vocab - 1, size=2).tolist() for _ in range(settings["prompts"])]
-    table = study.compute(model, prompts, eos, settings)
+    table = study.compute(model, prompts, eos, settings, seed=seed)
     io.write_table(table, table_path)
     study.plot(table, Path(plot_path))
     return table

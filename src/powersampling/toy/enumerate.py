@@ -13,7 +13,8 @@ and from them, exactly:
 * the Metropolis–Hastings kernel of the power sampler (cut index uniform over the
   answer, suffix regenerated with q until EOS or the cap, whole-suffix acceptance),
 * the exact output distribution of the whole block procedure (extend by a block, run
-  N MH steps, stop after the block in which the chain ends with EOS).
+  N MH steps, stop after the block in which the chain ends with EOS), and the exact
+  expected number of tokens it decodes per answer.
 
 The *support at cap c* is exactly the sampler's state space for that cap: the answers
 that end with EOS and have at most c tokens (EOS included), plus the answers of exactly c
@@ -216,6 +217,21 @@ def proposal_distribution(support: Support) -> np.ndarray:
     return np.exp(support.logq)
 
 
+def _moves(support: Support):
+    """Every MH move of the power sampler over ``support``: for each state x and cut i,
+    yield (x, i, ys, q_fwd) with ys the states that share x_{<i} (the proposal's support)
+    and q_fwd[k] = log q(ys[k]_{≥i} | x_{<i}) (which sums to one in probability)."""
+    by_prefix: dict[tuple[int, ...], list[int]] = {}
+    for j, a in enumerate(support.answers):
+        for i in range(len(a)):
+            by_prefix.setdefault(a[:i], []).append(j)
+    for x, a in enumerate(support.answers):
+        for i in range(len(a)):
+            ys = np.array(by_prefix[a[:i]])
+            q_fwd = np.array([support.cum_logq[y][-1] - support.cum_logq[y][i] for y in ys])
+            yield x, i, ys, q_fwd
+
+
 def mh_kernel(support: Support, alpha: float, *, greedy_accept: bool = False) -> np.ndarray:
     """The power sampler's one-step Metropolis–Hastings transition matrix K[x, y].
 
@@ -226,31 +242,33 @@ def mh_kernel(support: Support, alpha: float, *, greedy_accept: bool = False) ->
     """
     n = len(support)
     logp = support.logp
-    by_prefix: dict[tuple[int, ...], list[int]] = {}
-    for j, a in enumerate(support.answers):
-        for i in range(len(a)):
-            by_prefix.setdefault(a[:i], []).append(j)
     kernel = np.zeros((n, n))
-    for x, a in enumerate(support.answers):
-        length = len(a)
-        for i in range(length):
-            ys = np.array(by_prefix[a[:i]])
-            q_fwd = np.array([support.cum_logq[y][-1] - support.cum_logq[y][i] for y in ys])
-            q_rev = support.cum_logq[x][-1] - support.cum_logq[x][i]
-            if greedy_accept:
-                accept = (logp[ys] >= logp[x]).astype(float)
-            else:
-                log_ratio = (
-                    alpha * (logp[ys] - logp[x])
-                    + q_rev
-                    - q_fwd
-                    + np.log(length)
-                    - np.log(support.lengths[ys])
-                )
-                accept = np.exp(np.minimum(log_ratio, 0.0))
-            np.add.at(kernel[x], ys, np.exp(q_fwd) * accept / length)
+    for x, i, ys, q_fwd in _moves(support):
+        length = support.lengths[x]
+        q_rev = support.cum_logq[x][-1] - support.cum_logq[x][i]
+        if greedy_accept:
+            accept = (logp[ys] >= logp[x]).astype(float)
+        else:
+            log_ratio = (
+                alpha * (logp[ys] - logp[x])
+                + q_rev
+                - q_fwd
+                + np.log(length)
+                - np.log(support.lengths[ys])
+            )
+            accept = np.exp(np.minimum(log_ratio, 0.0))
+        np.add.at(kernel[x], ys, np.exp(q_fwd) * accept / length)
     kernel[np.arange(n), np.arange(n)] += 1.0 - kernel.sum(axis=1)
     return kernel
+
+
+def proposal_lengths(support: Support) -> np.ndarray:
+    """Expected tokens one MH proposal decodes from each state x (EOS included):
+    Σ_i (1/L) Σ_y q(y_{≥i} | x_{<i}) (L_y − i), the cut i uniform over 0..L-1."""
+    cost = np.zeros(len(support))
+    for x, i, ys, q_fwd in _moves(support):
+        cost[x] += float(np.exp(q_fwd) @ (support.lengths[ys] - i)) / support.lengths[x]
+    return cost
 
 
 def extension_matrix(short: Support, long: Support, *, keep_finished: bool = False) -> np.ndarray:
@@ -287,7 +305,8 @@ def sampler_distribution(
     greedy_accept: bool = False,
     stop_at_eos: bool = True,
     by_block: bool = False,
-) -> np.ndarray:
+    with_cost: bool = False,
+) -> np.ndarray | tuple[np.ndarray, float | np.ndarray]:
     """Exact output distribution of the block procedure over ``support`` (the final cap).
 
     ``mcmc_steps`` is the number of MH steps after every block, or a list with one entry
@@ -295,6 +314,16 @@ def sampler_distribution(
     ``stop_at_eos`` false it stays, without extension, until the last block).
     With ``by_block`` the result is [n_blocks, S]: row k is the probability of finishing
     in block k with each answer (the rows sum to the output distribution).
+
+    With ``with_cost`` the result is (distribution, tokens): ``tokens`` is the exact
+    expected number of tokens a chain decodes, counted as
+    :class:`~powersampling.samplers.power.PowerSampler` counts ``tokens_decoded`` (the
+    new tokens of every block extension and of every MH proposal, EOS included): the
+    first block's extension is a q-draw (expected length Σ q(x) L_x); a later block's
+    extension decodes, from each active non-EOS state x at the previous cap, the expected
+    new tokens of its extensions; each MH step decodes :func:`proposal_lengths` of the
+    state it starts from. With ``by_block`` ``tokens`` is [n_blocks] (expected tokens
+    decoded in each block; they sum to the total).
     """
     caps = block_caps(block_size, support.cap)
     steps = [mcmc_steps] * len(caps) if isinstance(mcmc_steps, int) else list(mcmc_steps)
@@ -302,25 +331,60 @@ def sampler_distribution(
         raise UserError(f"need one mcmc_steps entry per block ({len(caps)}), got {len(steps)}")
     final_index = support.index()
     out = np.zeros((len(caps), len(support)))
+    cost = np.zeros(len(caps))
     prev, active = None, None
     for k, (cap, n_steps) in enumerate(zip(caps, steps, strict=True)):
         sup = support if cap == support.cap else restrict(support, cap)
-        dist = (
-            proposal_distribution(sup)
-            if k == 0
-            else active @ extension_matrix(prev, sup, keep_finished=not stop_at_eos)
-        )
+        if k == 0:
+            dist = proposal_distribution(sup)
+            if with_cost:
+                cost[k] += float(dist @ sup.lengths)
+        else:
+            ext = extension_matrix(prev, sup, keep_finished=not stop_at_eos)
+            dist = active @ ext
+            if with_cost:  # new tokens L_y − L_x (zero for a finished answer kept as is)
+                new = sup.lengths[None, :] - prev.lengths[:, None]
+                cost[k] += float(active @ (ext * new).sum(axis=1))
         if n_steps:
-            dist = dist @ np.linalg.matrix_power(
-                mh_kernel(sup, alpha, greedy_accept=greedy_accept), n_steps
-            )
+            kernel = mh_kernel(sup, alpha, greedy_accept=greedy_accept)
+            if with_cost:
+                per_step, d = proposal_lengths(sup), dist
+                for _ in range(n_steps):
+                    cost[k] += float(d @ per_step)
+                    d = d @ kernel
+            dist = dist @ np.linalg.matrix_power(kernel, n_steps)
         last = k == len(caps) - 1
         done = sup.ends_with_eos if stop_at_eos else np.zeros(len(sup), dtype=bool)
         for j in np.flatnonzero(done | last):
             out[k, final_index[sup.answers[j]]] += dist[j]
         active = np.where(done, 0.0, dist)
         prev = sup
-    return out if by_block else out.sum(axis=0)
+    result = out if by_block else out.sum(axis=0)
+    if with_cost:
+        return result, (cost if by_block else float(cost.sum()))
+    return result
+
+
+def expected_tokens_decoded(
+    support: Support,
+    alpha: float,
+    block_size: int,
+    mcmc_steps: int | list[int],
+    *,
+    greedy_accept: bool = False,
+    stop_at_eos: bool = True,
+) -> float:
+    """Exact expected ``tokens_decoded`` of one power-sampler chain (see
+    :func:`sampler_distribution` with ``with_cost``)."""
+    return sampler_distribution(
+        support,
+        alpha,
+        block_size,
+        mcmc_steps,
+        greedy_accept=greedy_accept,
+        stop_at_eos=stop_at_eos,
+        with_cost=True,
+    )[1]
 
 
 def total_variation(a: np.ndarray, b: np.ndarray) -> float:
