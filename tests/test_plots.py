@@ -269,6 +269,7 @@ CASES = [
     (plots.plot_accuracy_vs_temperature, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_accuracy_by_difficulty, difficulty_rows, DIFFICULTY_COLUMNS),
     (plots.plot_accuracy_vs_compute, accuracy_rows, ACCURACY_COLUMNS),
+    (plots.plot_logp_vs_compute, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_logp_by_method, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_tokens_by_method, accuracy_rows, ACCURACY_COLUMNS),
     (plots.plot_acceptance_by_block, acceptance_rows, ACCEPTANCE_COLUMNS),

@@ -178,19 +178,33 @@ def plot_tokens_by_method(table: pd.DataFrame, path) -> None:
 
 
 def plot_accuracy_vs_compute(table: pd.DataFrame, path) -> None:
-    """Accuracy against tokens decoded per answer (MCMC proposals included), one point per
-    (model, method) with CIs on both axes, one panel per task: the compute frontier."""
-    columns = ["task", "model", "method", "accuracy", "ci_low", "ci_high", "mean_tokens_decoded"]
+    """Accuracy against tokens decoded per answer (MCMC proposals and SMC particles
+    included), one point per (model, method) with CIs on both axes, one panel per task: the
+    compute frontier."""
+    _versus_compute(table, "accuracy", "ci_low", "ci_high", "accuracy", path)
+
+
+def plot_logp_vs_compute(table: pd.DataFrame, path) -> None:
+    """Mean log p of the answers (base model) against tokens decoded per answer, one point
+    per (model, method) with CIs on both axes, one panel per task: what the compute buys in
+    likelihood, the quantity power sampling sharpens."""
+    _versus_compute(
+        table, "mean_logp", "logp_ci_low", "logp_ci_high", "mean log p of the answer", path
+    )
+
+
+def _versus_compute(table: pd.DataFrame, y: str, low: str, high: str, ylabel: str, path) -> None:
+    columns = ["task", "model", "method", y, low, high, "mean_tokens_decoded"]
     _check_columns(table, columns, "table")
     if table.empty:
         return _message_figure(path, "no accuracy results")
     tasks = sorted(table["task"].unique())
     colours = _palette(sorted(table["method"].unique()))
     markers = dict(zip(sorted(table["model"].unique()), "osD^v<>", strict=False))
-    fig, axes = _panels(len(tasks), sharey=True)
+    fig, axes = _panels(len(tasks), sharey=y == "accuracy")
     for ax, task in zip(axes, tasks, strict=True):
         for row in table[table["task"] == task].itertuples():
-            x, y = float(row.mean_tokens_decoded), float(row.accuracy)
+            x, value = float(row.mean_tokens_decoded), float(getattr(row, y))
             xerr = None
             if "tokens_decoded_ci_low" in table:
                 xerr = np.clip(
@@ -198,9 +212,9 @@ def plot_accuracy_vs_compute(table: pd.DataFrame, path) -> None:
                 )
             ax.errorbar(
                 x,
-                y,
+                value,
                 xerr=xerr,
-                yerr=np.clip([[y - row.ci_low], [row.ci_high - y]], 0, None),
+                yerr=np.clip([[value - getattr(row, low)], [getattr(row, high) - value]], 0, None),
                 fmt=markers.get(row.model, "o"),
                 color=colours[row.method],
                 capsize=3,
@@ -211,7 +225,7 @@ def plot_accuracy_vs_compute(table: pd.DataFrame, path) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(task)
         ax.set_xlabel("tokens decoded per answer")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel(ylabel)
     _legend(fig, axes, "method" if len(markers) == 1 else "model / method")
     _save(fig, path)
 
@@ -868,6 +882,7 @@ FIGURES: dict[str, FigureSpec] = {
         FigureSpec(
             "accuracy_vs_compute", plot_accuracy_vs_compute, "accuracy", LIKELIHOOD_AND_COMPUTE
         ),
+        FigureSpec("logp_vs_compute", plot_logp_vs_compute, "accuracy", LIKELIHOOD_AND_COMPUTE),
         FigureSpec("logp_by_method", plot_logp_by_method, "accuracy", LIKELIHOOD_AND_COMPUTE),
         FigureSpec("tokens_by_method", plot_tokens_by_method, "accuracy", LIKELIHOOD_AND_COMPUTE),
         FigureSpec(

@@ -337,13 +337,12 @@ class SMCSampler(Sampler):
         grp.logw[live] += a_t * stats[0, rows] - stats[1, rows]
         grp.logp_sum[live] += stats[0, rows]
         grp.decoded += len(rows)
-        for i in np.flatnonzero(live):
+        ending = np.zeros_like(live)
+        ending[live] = is_eos[rows] | (t >= grp.budget)
+        for i in np.flatnonzero(ending):
             r = grp.row[i]
-            if is_eos[r] or t >= grp.budget:
-                grp.done[i] = _Answer(
-                    hist_tok[r, :t].copy(), hist[:, r, :t].copy(), bool(is_eos[r])
-                )
-                grp.row[i] = -1
+            grp.done[i] = _Answer(hist_tok[r, :t].copy(), hist[:, r, :t].copy(), bool(is_eos[r]))
+            grp.row[i] = -1
         alive = int((grp.row >= 0).sum())
         if alive == 0:
             self._close(grp, t, a_t, t0)
