@@ -235,10 +235,13 @@ def test_plan_config_of_the_toy_world_and_the_paper(capsys):
     lines = capsys.readouterr().out.splitlines()
     rows = {tuple(line.split()[:2]): line.split() for line in lines[2:] if line.strip()}
     models = ["qwen2.5-math-7b", "qwen2.5-7b", "phi-3.5-mini-instruct"]
-    assert set(rows) == {(m, k) for m in models for k in ["base", "low_temperature", "power"]}
+    methods = ["base", "low_temperature", "power", "smc"]
+    assert set(rows) == {(m, k) for m in models for k in methods}
     assert rows[("qwen2.5-7b", "base")][2] == "64/64"
     phi_power = rows[("phi-3.5-mini-instruct", "power")]
     assert int(phi_power[2].split("/")[0]) < 64 and float(phi_power[3]) <= 80
+    phi_smc = int(rows[("phi-3.5-mini-instruct", "smc")][2].split("/")[0])
+    assert phi_smc % 32 == 0 and 32 <= phi_smc < 64  # whole prompts of 32 particles
 
 
 def test_plan_generation_reads_a_local_model_config(tmp_path):

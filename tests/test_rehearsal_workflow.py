@@ -38,14 +38,14 @@ def generations(workdir: Path) -> pd.DataFrame:
 def test_every_run_of_the_paper_structure_is_generated_graded_and_reported(rehearsal):
     workdir, config = rehearsal
     runs = planned_runs(config)
-    assert len(runs) == 4 * 3 * 3
+    assert len(runs) == 4 * 3 * 3 + 3  # and SMC on MATH500, the three models
     rows = generations(workdir)
     assert set(zip(rows["task"], rows["model"], rows["method"], strict=True)) == {
         (r.task, r.model, r.method) for r in runs
     }
     accuracy = pd.read_parquet(workdir / "results" / "tables" / "accuracy.parquet")
-    # AlpacaEval is judged elsewhere: the other three tasks x 3 models x 3 methods.
-    assert len(accuracy) == 3 * 3 * 3
+    # AlpacaEval is judged elsewhere: the other three tasks x 3 models x 3 methods, and SMC.
+    assert len(accuracy) == 3 * 3 * 3 + 3
     assert (accuracy["n_budget_cut"] == 0).all()
     assert len(list((workdir / "results" / "alpaca_eval").rglob("seed0.json"))) == 3 * 3
     assert (workdir / "reports" / "report.html").stat().st_size > 100_000
@@ -83,7 +83,7 @@ def test_prompts_follow_the_published_per_task_choices(rehearsal):
 def test_every_generation_job_printed_its_memory_plan(rehearsal):
     workdir, _ = rehearsal
     logs = sorted((workdir / "logs" / "generate").rglob("*.log"))
-    assert len(logs) == 36
+    assert len(logs) == 39
     for log in logs:
         text = log.read_text()
         assert "memory plan for" in text and "KV per token" in text, log
@@ -97,3 +97,15 @@ def test_power_sampling_ran_blocks_with_top_k_proposals(rehearsal):
     assert (power["proposals"] > 0).all()
     assert power["sampler_trace"].map(len).max() >= 2  # several blocks
     assert (rows["token_budget"] == 4).all()
+
+
+def test_smc_ran_32_particles_per_math500_problem(rehearsal):
+    workdir, _ = rehearsal
+    rows = generations(workdir)
+    smc = rows[rows["method"] == "smc"]
+    assert set(smc["task"]) == {"math500"} and set(smc["sampler"]) == {"smc"}
+    assert smc["acceptance_rate"].isna().all()
+    # 32 particles of at most 4 tokens; the answer is one of them
+    assert (smc["tokens_decoded"] >= 32).all() and (smc["tokens_decoded"] <= 32 * 4).all()
+    last = [dict(trace[-1]) for trace in smc["sampler_trace"]]
+    assert all(record["alive"] == 0 and record["log_z"] < 0 for record in last)
