@@ -537,7 +537,8 @@ def rehearsal_run(finished_real_run, tmp_path_factory):
     profile = make_profile(workdir)
     config = load_rehearsal_config()
     config["models"] = {REHEARSAL_MODEL: config["models"][REHEARSAL_MODEL]}
-    config["experiments"][0]["models"] = [REHEARSAL_MODEL]
+    for experiment in config["experiments"]:  # the paper's runs, SMC's included
+        experiment["models"] = [REHEARSAL_MODEL]
     path = workdir / "config" / "rehearsal-slurm.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     rc, log = run_snakemake(workdir, profile, "--configfile", path, timeout=900)
@@ -549,7 +550,7 @@ def test_rehearsal_runs_every_remote_job_as_a_slurm_job(rehearsal_run):
     log = rehearsal_run["text"]
     remote, local = planned_jobs(log)
     assert remote == Counter(
-        {"build_rehearsal_model": 1, "generate": 12, "grade": 12, "collect_metrics": 1}
+        {"build_rehearsal_model": 1, "generate": 13, "grade": 13, "collect_metrics": 1}
     )
     assert {"download_dataset", "export_alpaca_eval"} <= set(local)
     records = sacct(run_id(log), expected=sum(remote.values()))

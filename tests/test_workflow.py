@@ -21,7 +21,13 @@ pytestmark = pytest.mark.slow
 GENERATIONS = "results/generations/arithmetic/{model}/{method}/shard{shard:03d}.parquet"
 # Each method's seeds share its generation jobs (one file per shard holds them all).
 # power_2 also runs seeds 2 and 3: the DPS study's pool of 4 trajectories.
-SEEDS = {"greedy": [0], "temp_1.0": [0, 1], "temp_0.5": [0, 1], "power_2": [0, 1, 2, 3]}
+SEEDS = {
+    "greedy": [0],
+    "temp_1.0": [0, 1],
+    "temp_0.5": [0, 1],
+    "power_2": [0, 1, 2, 3],
+    "smc_2": [0, 1],
+}
 DPS = "dps_gbdt"  # answers only the questions its controller did not learn from
 # The reliability study's sparse twin: greedy once, temperature 0.5 twice.
 SPARSE, SPARSE_SEEDS = "toy_moe", {"greedy": [0], "temp_0.5": [0, 1]}

@@ -58,6 +58,26 @@ class Param:
         return {**copy.deepcopy(self.schema), "description": self.description}
 
 
+# The parameters of the samplers that target π_α(x) ∝ p(x)^α (power, smc): one definition.
+ALPHA = Param(
+    {"type": "number", "exclusiveMinimum": 0},
+    "Power-sampling exponent; the target is p(x)^alpha over whole answers.",
+    default=4.0,
+)
+LONG_ANSWERS = Param({"type": "integer", "minimum": 1}, "Most new tokens per answer.", default=3072)
+PROPOSAL_TEMPERATURE = Param(
+    {"type": ["number", "null"], "exclusiveMinimum": 0},
+    "Temperature of the proposal (null: 1/alpha).",
+    default=None,
+)
+PROPOSAL_TOP_K = Param(
+    {"type": ["integer", "null"], "minimum": 1},
+    "Restrict proposals to the top-k tokens (null: the whole vocabulary); the target is "
+    "then p^alpha over the answers the proposal can produce.",
+    default=None,
+)
+
+
 class Sampler(ABC):
     """Draws one completion per prompt.
 
@@ -88,6 +108,19 @@ class Sampler(ABC):
         every row the method's ``max_new_tokens``. A generation job gives a smaller budget to
         a row whose prompt leaves less room in the model's context.
         """
+
+
+def row_seeds(seeds: list[int] | None, generator: torch.Generator | None, n: int) -> list[int]:
+    """One seed >= 0 per row for a sampler that gives each row its own random stream:
+    ``seeds`` checked (n of them), or n drawn from ``generator`` when None."""
+    if seeds is None:
+        import torch
+
+        device = generator.device if generator is not None else "cpu"
+        return torch.randint(2**62, (n,), generator=generator, device=device).tolist()
+    if len(seeds) != n:
+        raise UserError(f"{len(seeds)} chain seeds for {n} prompts")
+    return [int(s) for s in seeds]
 
 
 def token_budgets(budgets: list[int] | None, n: int, max_new_tokens: int) -> list[int]:

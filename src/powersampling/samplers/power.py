@@ -85,8 +85,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from powersampling.errors import UserError
-from powersampling.samplers.base import Param, Sampler, completion_record, token_budgets
+from powersampling.samplers.base import (
+    ALPHA,
+    LONG_ANSWERS,
+    PROPOSAL_TEMPERATURE,
+    PROPOSAL_TOP_K,
+    Param,
+    Sampler,
+    completion_record,
+    row_seeds,
+    token_budgets,
+)
 
 if TYPE_CHECKING:  # annotations only; see sample() for the runtime import
     from powersampling.engine import Finished, RollingDecoder, TokenStats
@@ -181,34 +190,20 @@ class PowerSampler(Sampler):
 
     name = "power"
     PARAMS = {
-        "alpha": Param(
-            {"type": "number", "exclusiveMinimum": 0},
-            "Power-sampling exponent; the target is p(x)^alpha over whole answers.",
-            default=4.0,
-        ),
+        "alpha": ALPHA,
         "block_size": Param(
             {"type": "integer", "minimum": 1},
             "Power sampling grows the answer in blocks of this many tokens.",
             default=192,
         ),
-        "max_new_tokens": Param(
-            {"type": "integer", "minimum": 1}, "Most new tokens per answer.", default=3072
-        ),
+        "max_new_tokens": LONG_ANSWERS,
         "mcmc_steps": Param(
             {"type": "integer", "minimum": 0},
             "Metropolis-Hastings steps after each block (0: plain block-wise proposals).",
             default=10,
         ),
-        "proposal_temperature": Param(
-            {"type": ["number", "null"], "exclusiveMinimum": 0},
-            "Temperature of the proposal (null: 1/alpha).",
-            default=None,
-        ),
-        "proposal_top_k": Param(
-            {"type": ["integer", "null"], "minimum": 1},
-            "Restrict proposals to the top-k tokens (null: the whole vocabulary).",
-            default=None,
-        ),
+        "proposal_temperature": PROPOSAL_TEMPERATURE,
+        "proposal_top_k": PROPOSAL_TOP_K,
         "greedy_accept": Param(
             {"type": "boolean"},
             "The alpha-to-infinity variant: accept iff the target increases.",
@@ -260,12 +255,7 @@ class PowerSampler(Sampler):
         t0 = time.perf_counter()
         p = self.params
         budgets = token_budgets(budgets, len(prompts), p["max_new_tokens"])
-        if chain_seeds is None:
-            device = generator.device if generator is not None else "cpu"
-            drawn = torch.randint(2**62, (len(prompts),), generator=generator, device=device)
-            chain_seeds = drawn.tolist()
-        elif len(chain_seeds) != len(prompts):
-            raise UserError(f"{len(chain_seeds)} chain seeds for {len(prompts)} prompts")
+        chain_seeds = row_seeds(chain_seeds, generator, len(prompts))
         chains = [
             _Chain(
                 prompt=list(q),

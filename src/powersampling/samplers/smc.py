@@ -61,8 +61,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from powersampling.errors import UserError
-from powersampling.samplers.base import Param, Sampler, completion_record, token_budgets
+from powersampling.samplers.base import (
+    ALPHA,
+    LONG_ANSWERS,
+    PROPOSAL_TEMPERATURE,
+    PROPOSAL_TOP_K,
+    Param,
+    Sampler,
+    completion_record,
+    row_seeds,
+    token_budgets,
+)
 
 STAT_NAMES = ("logp", "logq", "entropy", "top1")  # the rows of a particle's statistics
 
@@ -141,11 +150,7 @@ class SMCSampler(Sampler):
 
     name = "smc"
     PARAMS = {
-        "alpha": Param(
-            {"type": "number", "exclusiveMinimum": 0},
-            "Power-sampling exponent; the target is p(x)^alpha over whole answers.",
-            default=4.0,
-        ),
+        "alpha": ALPHA,
         "particles": Param(
             {"type": "integer", "minimum": 1}, "Particles (N) per prompt.", default=32
         ),
@@ -160,20 +165,9 @@ class SMCSampler(Sampler):
             "Check the effective sample size every this many tokens.",
             default=1,
         ),
-        "max_new_tokens": Param(
-            {"type": "integer", "minimum": 1}, "Most new tokens per answer.", default=3072
-        ),
-        "proposal_temperature": Param(
-            {"type": ["number", "null"], "exclusiveMinimum": 0},
-            "Temperature of the proposal (null: 1/alpha).",
-            default=None,
-        ),
-        "proposal_top_k": Param(
-            {"type": ["integer", "null"], "minimum": 1},
-            "Restrict proposals to the top-k tokens (null: the whole vocabulary). The "
-            "target is then p^alpha over the answers the proposal can produce.",
-            default=None,
-        ),
+        "max_new_tokens": LONG_ANSWERS,
+        "proposal_temperature": PROPOSAL_TEMPERATURE,
+        "proposal_top_k": PROPOSAL_TOP_K,
         "alpha_ramp_tokens": Param(
             {"type": "integer", "minimum": 0},
             "Raise the exponent linearly from 1 to alpha over this many first tokens "
@@ -231,12 +225,7 @@ class SMCSampler(Sampler):
         """Every prompt's final particles and weights (:class:`Swarm`), with its output."""
         t0 = time.perf_counter()
         budgets = token_budgets(budgets, len(prompts), self.params["max_new_tokens"])
-        if chain_seeds is None:
-            device = generator.device if generator is not None else "cpu"
-            drawn = torch.randint(2**62, (len(prompts),), generator=generator, device=device)
-            chain_seeds = drawn.tolist()
-        elif len(chain_seeds) != len(prompts):
-            raise UserError(f"{len(chain_seeds)} chain seeds for {len(prompts)} prompts")
+        chain_seeds = row_seeds(chain_seeds, generator, len(prompts))
         if not prompts:
             return []
         self.engine.check_rows([list(q) for q in prompts], budgets, "new tokens")
