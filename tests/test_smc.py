@@ -103,6 +103,10 @@ def test_records_match_teacher_forced_scores_after_resampling(long_engine):
         assert all(set(t) == set(SMCSampler.TRACE_FIELDS) for t in trace)
         assert trace[-1]["alive"] == 0 and trace[-1]["log_z"] == pytest.approx(s.log_z)
         assert sum(t["resampled"] for t in trace) == s.resamples
+        assert trace[-1]["decoded"] == s.tokens_decoded
+        # (the last two records share a token when a resampling kept finished particles only)
+        assert all(a["decoded"] <= b["decoded"] for a, b in zip(trace, trace[1:], strict=False))
+        assert all(a["token"] < b["token"] for a, b in zip(trace[:-1], trace[1:-1], strict=False))
         assert all(1 - 1e-9 <= t["ess"] <= 8 + 1e-9 for t in trace)
 
 

@@ -181,6 +181,7 @@ class SMCSampler(Sampler):
         "resampled": "1 if the particles were resampled at the check, else 0",
         "log_z": "log of the running normalizing-constant estimate (the last record: of Z)",
         "alive": "particles not yet finished",
+        "decoded": "tokens decoded so far by all the prompt's particles",
     }
 
     def __init__(self, engine, **params):
@@ -333,10 +334,11 @@ class SMCSampler(Sampler):
             grp.done[i] = _Answer(hist_tok[r, :t].copy(), hist[:, r, :t].copy(), bool(is_eos[r]))
             grp.row[i] = -1
         alive = int((grp.row >= 0).sum())
+        if alive and t % self.params["resample_every"] == 0:
+            self._check(grp, t, alive, copies)
+            alive = int((grp.row >= 0).sum())  # resampling may keep finished particles only
         if alive == 0:
             self._close(grp, t, a_t, t0)
-        elif t % self.params["resample_every"] == 0:
-            self._check(grp, t, alive, copies)
 
     def _check(self, grp, t, alive, copies) -> None:
         """One ESS check; resample below the threshold (row copies go to ``copies``)."""
@@ -356,6 +358,7 @@ class SMCSampler(Sampler):
                 "resampled": float(resample),
                 "log_z": running_log_z,
                 "alive": float(alive),
+                "decoded": float(grp.decoded),
             }
         )
 
@@ -395,6 +398,7 @@ class SMCSampler(Sampler):
                 "resampled": 0.0,
                 "log_z": log_z,
                 "alive": 0.0,
+                "decoded": float(grp.decoded),
             }
         )
         answer = grp.done[chosen]
