@@ -82,7 +82,7 @@ def test_records_match_teacher_forced_scores_after_resampling(long_engine):
     """Resampling at every step copies KV caches between rows; the answers' per-token log p
     and log q must still be those of the model on that exact sequence."""
     engine = long_engine
-    sampler = smc(engine, ess_threshold=1.0)
+    sampler = smc(engine, ess_threshold=1.0, trace_every=1)
     swarms = sampler.sample_swarms(PROMPTS * 2, chain_seeds=list(range(8)))
     assert sum(s.resamples for s in swarms) > 40
     assert any(r.record["finish_reason"] == "eos" for r in swarms)
@@ -108,6 +108,18 @@ def test_records_match_teacher_forced_scores_after_resampling(long_engine):
         assert all(a["decoded"] <= b["decoded"] for a, b in zip(trace, trace[1:], strict=False))
         assert all(a["token"] < b["token"] for a, b in zip(trace[:-1], trace[1:-1], strict=False))
         assert all(1 - 1e-9 <= t["ess"] <= 8 + 1e-9 for t in trace)
+
+
+def test_trace_every_thins_the_records_not_the_answers(long_engine):
+    seeds = list(range(8))
+    every = smc(long_engine, trace_every=1).sample_swarms(PROMPTS * 2, chain_seeds=seeds)
+    thin = smc(long_engine, trace_every=5).sample_swarms(PROMPTS * 2, chain_seeds=seeds)
+    for a, b in zip(every, thin, strict=True):
+        assert a.record["completion_ids"] == b.record["completion_ids"]
+        trace = b.record["sampler_trace"]
+        assert [t["token"] for t in trace[:-1]] == [5.0, 10.0][: len(trace) - 1]
+        assert sum(t["resampled"] for t in trace) == b.resamples
+        assert trace[-1] == {**a.record["sampler_trace"][-1], "resampled": trace[-1]["resampled"]}
 
 
 def test_tokens_decoded_counts_every_unfinished_particle(engine):

@@ -138,14 +138,16 @@ class _Particles:
     prefilled: int = 0
     resamples: int = 0
     trace: list[dict] = field(default_factory=list)
+    traced_resamples: int = 0  # resamplings already counted in a trace record
     swarm: Swarm | None = None  # set when the prompt is finished
 
 
 class SMCSampler(Sampler):
     """Sequential Monte Carlo power sampling (see the module docstring), batched over prompts.
 
-    Its ``sampler_trace`` has one record per ESS check, and a last one when every particle
-    is finished (:data:`TRACE_FIELDS`).
+    Its ``sampler_trace`` has a record every ``trace_every`` tokens (at the first ESS check
+    from there), and a last one when every particle is finished (:data:`TRACE_FIELDS`): a
+    record per token would be thousands per answer on real benchmarks.
     """
 
     name = "smc"
@@ -168,6 +170,12 @@ class SMCSampler(Sampler):
         "max_new_tokens": LONG_ANSWERS,
         "proposal_temperature": PROPOSAL_TEMPERATURE,
         "proposal_top_k": PROPOSAL_TOP_K,
+        "trace_every": Param(
+            {"type": "integer", "minimum": 1},
+            "Record the ESS and the normalizing-constant estimate in sampler_trace every "
+            "this many tokens (and when the last particle finishes). Changes no answer.",
+            default=32,
+        ),
         "alpha_ramp_tokens": Param(
             {"type": "integer", "minimum": 0},
             "Raise the exponent linearly from 1 to alpha over this many first tokens "
@@ -177,8 +185,8 @@ class SMCSampler(Sampler):
     }
     TRACE_FIELDS = {
         "token": "tokens per unfinished particle at the check",
-        "ess": "effective sample size before resampling, in particles (1..N)",
-        "resampled": "1 if the particles were resampled at the check, else 0",
+        "ess": "effective sample size at the check, before resampling, in particles (1..N)",
+        "resampled": "resamplings since the previous record",
         "log_z": "log of the running normalizing-constant estimate (the last record: of Z)",
         "alive": "particles not yet finished",
         "decoded": "tokens decoded so far by all the prompt's particles",
@@ -351,16 +359,23 @@ class SMCSampler(Sampler):
             grp.log_z = running_log_z
             grp.logw = np.zeros(self.n)
             grp.resamples += 1
+        last = grp.trace[-1]["token"] if grp.trace else 0.0
+        if t - last >= self.params["trace_every"]:
+            self._trace(grp, t, ess, running_log_z, alive)
+
+    @staticmethod
+    def _trace(grp, t: int, ess: float, log_z: float, alive: int) -> None:
         grp.trace.append(
             {
                 "token": float(t),
                 "ess": ess,
-                "resampled": float(resample),
-                "log_z": running_log_z,
+                "resampled": float(grp.resamples - grp.traced_resamples),
+                "log_z": log_z,
                 "alive": float(alive),
                 "decoded": float(grp.decoded),
             }
         )
+        grp.traced_resamples = grp.resamples
 
     @staticmethod
     def _resample(grp, ancestors: np.ndarray, copies: list[tuple[int, int]]) -> None:
@@ -391,16 +406,7 @@ class SMCSampler(Sampler):
         chosen = min(
             int(np.searchsorted(cdf, grp.stream.random() * cdf[-1], side="right")), self.n - 1
         )
-        grp.trace.append(
-            {
-                "token": float(t),
-                "ess": 1.0 / float(np.sum(weights**2)),
-                "resampled": 0.0,
-                "log_z": log_z,
-                "alive": 0.0,
-                "decoded": float(grp.decoded),
-            }
-        )
+        self._trace(grp, t, 1.0 / float(np.sum(weights**2)), log_z, 0)
         answer = grp.done[chosen]
         logp, logq, entropy, top1 = (torch.from_numpy(s) for s in answer.stats)
         record = completion_record(
