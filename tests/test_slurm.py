@@ -448,8 +448,13 @@ def test_killed_job_leaves_no_trusted_output(fixture_run):
     listed = subprocess.run(
         ["scontrol", "listpids", jobid], env=SLURM_ENV, capture_output=True, text=True, check=True
     ).stdout.split("\n")[1:]
-    for pid in {int(line.split()[0]) for line in listed if line.strip()}:
-        os.kill(pid, signal.SIGKILL)
+    # Parents first (lower pids): the job's Snakemake must die before it can see its rule's
+    # process die and clean up, which a crash would not let it do.
+    for pid in sorted({int(line.split()[0]) for line in listed if line.strip()}):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended with its parent
+            pass
     sacct(run_id((workdir / "slow.log").read_text()), expected=1)  # waits for the job's end
     assert (workdir / "slow.txt").read_text() == "partial\n"
     # Without the profile Snakemake refuses to go on; with it (rerun-incomplete) it redoes it.
