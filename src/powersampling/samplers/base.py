@@ -110,6 +110,14 @@ class Sampler(ABC):
         """
 
 
+def power_target(params: dict[str, Any]) -> tuple[float, float]:
+    """(alpha, proposal temperature) of a sampler targeting p^alpha; a null
+    ``proposal_temperature`` in ``params`` becomes 1/alpha there, as recorded."""
+    if params["proposal_temperature"] is None:
+        params["proposal_temperature"] = 1.0 / float(params["alpha"])
+    return float(params["alpha"]), float(params["proposal_temperature"])
+
+
 def row_seeds(seeds: list[int] | None, generator: torch.Generator | None, n: int) -> list[int]:
     """One seed >= 0 per row for a sampler that gives each row its own random stream:
     ``seeds`` checked (n of them), or n drawn from ``generator`` when None."""

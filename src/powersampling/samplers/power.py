@@ -93,6 +93,7 @@ from powersampling.samplers.base import (
     Param,
     Sampler,
     completion_record,
+    power_target,
     row_seeds,
     token_budgets,
 )
@@ -228,11 +229,7 @@ class PowerSampler(Sampler):
 
     def __init__(self, engine, **params):
         super().__init__(engine, **params)
-        p = self.params
-        if p["proposal_temperature"] is None:
-            p["proposal_temperature"] = 1.0 / float(p["alpha"])
-        self.alpha = float(p["alpha"])
-        self.temperature = float(p["proposal_temperature"])
+        self.alpha, self.temperature = power_target(self.params)
 
     # ------------------------------------------------------------------ main loop
 

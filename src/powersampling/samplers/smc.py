@@ -69,6 +69,7 @@ from powersampling.samplers.base import (
     Param,
     Sampler,
     completion_record,
+    power_target,
     row_seeds,
     token_budgets,
 )
@@ -194,12 +195,8 @@ class SMCSampler(Sampler):
 
     def __init__(self, engine, **params):
         super().__init__(engine, **params)
-        p = self.params
-        if p["proposal_temperature"] is None:
-            p["proposal_temperature"] = 1.0 / float(p["alpha"])
-        self.alpha = float(p["alpha"])
-        self.temperature = float(p["proposal_temperature"])
-        self.n = int(p["particles"])
+        self.alpha, self.temperature = power_target(self.params)
+        self.n = int(self.params["particles"])
 
     def alpha_at(self, t: int) -> float:
         """The exponent of the intermediate target after t tokens (t >= 1)."""
