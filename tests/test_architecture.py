@@ -148,3 +148,61 @@ def test_private_use_check_has_power(tmp_path, source, expected, monkeypatch):
     monkeypatch.setitem(MODULES, "powersampling.probe", path)
     uses = _foreign_private_uses("powersampling.probe", {"_pick", "_check_rows", "_own"})
     assert len(uses) == expected
+
+
+# --------------------------------------------------------------------------------------
+# Size: a module holds one idea, a function one step.
+
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_CODE_LINES = 80
+
+
+def _code_lines(source_lines: list[str], node: ast.AST) -> int:
+    """Lines of a function that hold code: docstring, blank and comment-only lines aside."""
+    skip = set()
+    body = getattr(node, "body", [])
+    if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+    ):
+        skip.update(range(body[0].lineno, body[0].end_lineno + 1))
+    count = 0
+    for number in range(node.lineno, node.end_lineno + 1):
+        text = source_lines[number - 1].strip()
+        if number not in skip and text and not text.startswith("#"):
+            count += 1
+    return count
+
+
+def _long_functions(path: Path) -> list[str]:
+    source = path.read_text()
+    lines = source.splitlines()
+    return [
+        f"{node.name} (line {node.lineno}): {n} code lines"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and (n := _code_lines(lines, node)) > MAX_FUNCTION_CODE_LINES
+    ]
+
+
+def test_modules_and_functions_are_small():
+    problems = []
+    for name, path in MODULES.items():
+        n_lines = len(path.read_text().splitlines())
+        if n_lines > MAX_MODULE_LINES:
+            problems.append(f"{name}: {n_lines} lines (at most {MAX_MODULE_LINES})")
+        problems += [f"{name}.{long}" for long in _long_functions(path)]
+    assert not problems, "\n".join(problems)
+
+
+def test_size_check_has_power(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_CODE_LINES + 1))
+    long = tmp_path / "long.py"
+    long.write_text(f'def f():\n    """Doc.\n\n    More."""\n    # why\n{body}\n')
+    assert len(_long_functions(long)) == 1
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_CODE_LINES - 1))
+    short = tmp_path / "short.py"
+    short.write_text(f'def f():\n    """Doc.\n\n    More.\n    """\n\n    # why\n{body}\n')
+    assert _long_functions(short) == []
