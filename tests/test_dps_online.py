@@ -8,7 +8,7 @@ import torch
 from powersampling.dps.controllers import Controller
 from powersampling.dps.embeddings import question_embeddings
 from powersampling.dps.evaluation import p_enough_matrix, trajectories_used
-from powersampling.dps.online import DpsSetup
+from powersampling.samplers.dps import DpsSetup
 from powersampling.dps.policy import Schedule, dps_replays
 from powersampling.dps.trajectories import (
     Trajectories,
@@ -141,7 +141,7 @@ def test_online_dps_equals_its_replay(world, name):
                      embeddings=embeddings if name == "mlp_hq" else None)  # fmt: skip
     online = generate_shard(model, tokenizer, task, held_out, method_name="dps",
                             method={"sampler": "dps", "controller": name, "tau": tau}, seed=0,
-                            shard=0, batch_size=8, dps=setup, progress=False,
+                            shard=0, batch_size=8, setup=setup, progress=False,
                             **NAMES)  # fmt: skip
     online = online.set_index("problem_id").loc[replay.index]
     grades = task.grade_many(list(online["completion"]), [{}] * len(online))

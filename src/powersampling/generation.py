@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from tqdm import tqdm
@@ -19,7 +18,7 @@ from powersampling.engine import DecodingEngine
 from powersampling.errors import UserError
 from powersampling.io import GENERATION_SCHEMA
 from powersampling.models import eos_token_ids
-from powersampling.samplers import get_sampler
+from powersampling.samplers import get_sampler, method_params, sampler_class
 from powersampling.seeding import derive_seed, torch_generator
 
 
@@ -48,33 +47,32 @@ def generate_shard(
     chat_template: bool = False,
     instruct: bool = False,
     kv_store: str = "device",
-    dps=None,
-    prompts_per_call: int | None = None,
+    setup: Any = None,
+    prompts: ShardPrompts | None = None,
+    budgets: list[int | None] | None = None,
     progress: bool = True,
     log=None,
 ) -> pd.DataFrame:
     """One completion per problem of the shard, as a frame with the generation schema's columns.
 
     Prompts are ``task.prompt(row, tokenizer, chat_template, instruct)``, tokenised as in
-    :func:`shard_prompts`. Problems run in batches of ``batch_size`` prompts through one
-    :class:`DecodingEngine` (at most ``batch_size`` rows per forward pass). Each row gets the
-    budget of new tokens its prompt leaves in the model's context (:func:`row_budgets`).
+    :func:`shard_prompts` (or given, already tokenised, as ``prompts``). Problems run in
+    calls of the sampler's :meth:`~powersampling.samplers.Sampler.prompts_per_call` for
+    ``batch_size`` rows, through one :class:`DecodingEngine` (at most ``batch_size`` rows
+    per forward pass). Each row gets the budget of new tokens its prompt leaves in the
+    model's context (:func:`row_budgets`), unless ``budgets`` gives them.
     ``kv_store`` ("device" or "host") is where a sampler that keeps caches between
     proposals (power sampling) keeps them; the generation job takes it from its memory plan.
+    ``setup`` is what the sampler's ``load_setup`` read from the job's extra files (a
+    controller), passed to its ``prepare``.
 
     Randomness: one ``torch.Generator`` on the model's device, seeded with
     ``derive_seed(seed, task_name, model_name, method_name, shard)``, feeds every batch in
     turn. The same arguments give the same completions on CPU; changing ``batch_size`` changes
-    which draws each problem gets (the stream is shared by the batch). Power sampling draws
-    from one stream per chain instead, seeded by :func:`chain_seed` from the run seed and the
-    problem: a chain's answer depends on neither its shard nor its batch. SMC seeds the stream
-    of each prompt's particles the same way.
-
-    ``dps``: a :class:`~powersampling.dps.online.DpsSetup`, required by (and only for) a
-    ``dps`` method: its controller and pool method. Its trajectory j of a problem, under run
-    seed s, is the chain of run seed ``s · k_max + j`` of the pool method.
-    ``prompts_per_call``: prompts per sampler call (default ``batch_size``); a dps call runs
-    several chains per prompt at once, so its job gives fewer.
+    which draws each problem gets (the stream is shared by the batch). A sampler may give
+    rows streams of their own instead (its ``row_streams``): power sampling seeds each
+    chain, SMC each prompt's particles, from the run seed and the problem, so an answer
+    depends on neither its shard nor its batch.
 
     Time: every row carries ``shard_decode_time_s``, the wall time spent in the sampler for
     the whole shard, so time per answer (shard time / answers) means the same for every
@@ -86,59 +84,73 @@ def generate_shard(
         raise UserError(f"shard {shard} of task {task_name} has no problems")
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1 (got {batch_size})")
-    sampler_name = method.get("sampler") if isinstance(method, dict) else None
-
-    rows, prompts, prompt_ids = shard_prompts(task, problems, tokenizer, chat_template, instruct)
+    if prompts is None:
+        prompts = shard_prompts(task, problems, tokenizer, chat_template, instruct)
 
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
     engine = DecodingEngine(model, eos_token_ids=eos, pad_token_id=pad, max_batch_size=batch_size)
     sampler = get_sampler(method, engine)  # validates the method's parameters
-    if hasattr(sampler, "kv_store"):  # samplers that keep caches between proposals
-        sampler.kv_store = kv_store
-    max_new_tokens = sampler.params.get("max_new_tokens")
-    if sampler.name == "dps":
-        if dps is None:
-            raise UserError(f"method {method_name} (dps) needs its controller (studies.dps)")
-        sampler.prepare(
-            replace(
-                dps,
-                grade=task.grade_many,
-                decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-            )
+    sampler.prepare(
+        setup,
+        kv_store=kv_store,
+        grade=task.grade_many,
+        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+    )
+    if budgets is None:
+        budgets = row_budgets(
+            prompts.rows,
+            prompts.ids,
+            sampler.max_new_tokens(),
+            engine.max_positions,
+            task_name=task_name,
+            model_name=model_name,
         )
-        from powersampling.samplers import method_params
+    names = (task_name, model_name, method_name)
+    generator = torch_generator(derive_seed(seed, *names, shard), device=engine.device)
+    records, decode_time_s = _sample_in_calls(
+        sampler, prompts, budgets, generator, seed=seed, names=names,
+        per_call=sampler.prompts_per_call(batch_size), progress=progress, log=log,
+        desc=f"{task_name}/{model_name}/{method_name} shard {shard}",
+    )  # fmt: skip
 
-        max_new_tokens = method_params(dps.power)["max_new_tokens"]  # its trajectories'
+    frame = pd.DataFrame.from_records(records)
+    frame.insert(0, "task", task_name)
+    frame["problem_id"] = [str(row["problem_id"]) for row in prompts.rows]
+    frame["model"] = model_name
+    frame["method"] = method_name
+    frame["sampler"] = sampler.name
+    frame["sampling"] = sampling_record(sampler)
+    frame["seed"] = seed
+    frame["shard"] = shard
+    if "chain" not in frame:  # a sampler that votes names the chain that won
+        frame["chain"] = 0
+    frame["prompt"] = prompts.texts
+    frame["completion"] = [
+        tokenizer.decode(ids, skip_special_tokens=True) for ids in frame["completion_ids"]
+    ]
+    frame["n_prompt_tokens"] = [len(ids) for ids in prompts.ids]
+    frame["token_budget"] = budgets
+    frame["shard_decode_time_s"] = decode_time_s
+    if "chain_lifetime_s" not in frame:  # only samplers that run chains record it
+        frame["chain_lifetime_s"] = float("nan")
+    return _with_schema_dtypes(frame)
 
-    budgets = row_budgets(
-        rows,
-        prompt_ids,
-        max_new_tokens,
-        engine.max_positions,
-        task_name=task_name,
-        model_name=model_name,
-    )
 
-    generator = torch_generator(
-        derive_seed(seed, task_name, model_name, method_name, shard), device=engine.device
-    )
+def _sample_in_calls(
+    sampler, prompts, budgets, generator, *, seed, names, per_call, progress, log, desc
+) -> tuple[list[dict], float]:
+    """The sampler's records for every prompt, ``per_call`` prompts a call, and the wall
+    time spent in the sampler (rows of a call share their time)."""
     records: list[dict] = []
-    decode_time_s = 0.0  # the shard's, over all batches: rows of a batch share their time
-    desc = f"{task_name}/{model_name}/{method_name} shard {shard}"
-    with tqdm(total=len(rows), desc=desc, file=sys.stderr, disable=not progress) as bar:
-        per_call = prompts_per_call or batch_size
-        for start in range(0, len(rows), per_call):
-            batch = prompt_ids[start : start + per_call]
+    decode_time_s = 0.0
+    n = len(prompts.ids)
+    with tqdm(total=n, desc=desc, file=sys.stderr, disable=not progress) as bar:
+        for start in range(0, n, per_call):
+            stop = start + per_call
+            batch, batch_budgets = prompts.ids[start:stop], budgets[start:stop]
             t0 = time.perf_counter()
-            batch_budgets = budgets[start : start + per_call]
-            streams = _row_streams(
-                sampler,
-                rows[start : start + per_call],
-                seed=seed,
-                names=(task_name, model_name, method_name),
-                dps=dps,
-            )
+            streams = sampler.row_streams(prompts.rows[start:stop], seed, names)
             if None in batch_budgets:  # a sampler without a token budget
                 results = sampler.sample(batch, generator, **streams)
             else:
@@ -147,74 +159,41 @@ def generate_shard(
             decode_time_s += elapsed
             records.extend(results)
             bar.update(len(batch))
-            done = start + len(batch)
-            _emit(
-                log, f"{desc}: {done}/{len(rows)} problems, batch of {len(batch)} in {elapsed:.2f}s"
-            )
-
-    frame = pd.DataFrame.from_records(records)
-    frame.insert(0, "task", task_name)
-    frame["problem_id"] = [str(row["problem_id"]) for row in rows]
-    frame["model"] = model_name
-    frame["method"] = method_name
-    frame["sampler"] = sampler_name
-    frame["sampling"] = sampling_record(sampler, dps)
-    frame["seed"] = seed
-    frame["shard"] = shard
-    if "chain" not in frame:  # dps names the trajectory that won its vote
-        frame["chain"] = 0
-    frame["prompt"] = prompts
-    frame["completion"] = [
-        tokenizer.decode(ids, skip_special_tokens=True) for ids in frame["completion_ids"]
-    ]
-    frame["n_prompt_tokens"] = [len(ids) for ids in prompt_ids]
-    frame["token_budget"] = budgets
-    frame["shard_decode_time_s"] = decode_time_s
-    if "chain_lifetime_s" not in frame:  # only samplers that run chains record it
-        frame["chain_lifetime_s"] = float("nan")
-    return _with_schema_dtypes(frame)
+            _emit(log, f"{desc}: {start + len(batch)}/{n} problems, batch of {len(batch)} in "
+                       f"{elapsed:.2f}s")  # fmt: skip
+    return records, decode_time_s
 
 
-def sampling_record(sampler, dps=None) -> str:
+def sampling_record(sampler) -> str:
     """The effective sampling settings of a shard, as JSON (the ``sampling`` column)."""
-    record = {"sampler": sampler.name, **sampler.params, "generation_config": "ignored"}
-    if dps is not None and sampler.name == "dps":
-        from powersampling.samplers import method_params
-
-        record["pool"] = {"sampler": dps.power["sampler"], **method_params(dps.power)}
+    record = {**sampler.sampling_record(), "generation_config": "ignored"}
     return json.dumps(record, sort_keys=True)
 
 
-def chain_seed(seed: int, task_name: str, model_name: str, method_name: str, problem_id) -> int:
-    """The seed of a problem's chain under a run seed: the same in any shard or batch."""
-    return derive_seed(seed, task_name, model_name, method_name, "problem", str(problem_id))
+def token_budget(method: dict[str, Any], settings: dict | None = None) -> int | None:
+    """The most new tokens a row of ``method`` decodes, known before the model loads: its
+    decoded method's ``max_new_tokens`` (None for a sampler without one; ``settings``: the
+    method's job settings)."""
+    decoded = sampler_class(method["sampler"]).decoded_method(method, settings)
+    return method_params(decoded).get("max_new_tokens")
 
 
-def _row_streams(sampler, rows: list[dict], *, seed: int, names: tuple[str, str, str], dps):
-    """Per-row seeds for the samplers that draw one stream per chain or per prompt's
-    particles (power, smc, dps)."""
-    task_name, model_name, method_name = names
-    ids = [row["problem_id"] for row in rows]
-    if sampler.name in ("power", "smc"):
-        return {"chain_seeds": [chain_seed(seed, *names, pid) for pid in ids]}
-    if sampler.name == "dps":
-        k_max = dps.schedule.k_max
-        return {
-            "problems": rows,
-            "trajectory_seeds": [
-                [
-                    chain_seed(seed * k_max + j, task_name, model_name, dps.pool_name, pid)
-                    for j in range(k_max)
-                ]
-                for pid in ids
-            ],
-        }
-    return {}
+class ShardPrompts(NamedTuple):
+    """A shard's problem rows, their prompt texts and the prompts' token ids, in order."""
+
+    rows: list[dict]
+    texts: list[str]
+    ids: list[list[int]]
+
+    def subset(self, keep: list[int]) -> ShardPrompts:
+        return ShardPrompts(
+            [self.rows[i] for i in keep], [self.texts[i] for i in keep], [self.ids[i] for i in keep]
+        )
 
 
 def shard_prompts(
     task, problems: pd.DataFrame, tokenizer, chat_template: bool = False, instruct: bool = False
-) -> tuple[list[dict], list[str], list[list[int]]]:
+) -> ShardPrompts:
     """The shard's rows, their prompts, and the prompts' token ids.
 
     A raw prompt is tokenised as the model's tokenizer does by default (with the special
@@ -224,7 +203,7 @@ def shard_prompts(
     rows = problems.to_dict("records")
     prompts = [task.prompt(row, tokenizer, chat_template, instruct) for row in rows]
     encoded = tokenizer(prompts, add_special_tokens=not chat_template)["input_ids"]
-    return rows, prompts, [list(ids) for ids in encoded]
+    return ShardPrompts(rows, prompts, [list(ids) for ids in encoded])
 
 
 def row_budgets(

@@ -16,8 +16,18 @@ The pieces, in the order the workflow runs them:
   training with cross-validation grouped by question, and their files;
 - :mod:`~powersampling.dps.policy`: the stopping rules (DPS, fixed k, Early-Stopping
   Self-Consistency, Adaptive-Consistency, the oracle) replayed on the pool, and their tables;
-- :mod:`~powersampling.dps.online`: the ``dps`` sampler, which runs the policy for real.
+- :mod:`powersampling.samplers.dps`: the ``dps`` sampler, which runs the policy for real.
 """
 
 # The controllers a config may name (their definitions: powersampling.dps.controllers).
 CONTROLLER_NAMES = ("gbdt", "mlp_h", "mlp_hq")
+
+
+def controller_file(task: str, model: str, controller: str) -> str:
+    """Where the workflow keeps a trained controller (rule train_controller)."""
+    return f"results/dps/{task}/{model}/controllers/{controller}.pkl"
+
+
+def embeddings_file(task: str, model: str) -> str:
+    """Where the workflow keeps the question embeddings of MLP-HQ (rule question_embeddings)."""
+    return f"results/dps/{task}/{model}/question_embeddings.parquet"

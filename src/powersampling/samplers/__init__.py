@@ -46,7 +46,7 @@ SAMPLERS: dict[str, str] = {
     # Sequential Monte Carlo towards the same target: N weighted particles per prompt.
     "smc": "powersampling.samplers.smc:SMCSampler",
     # Dynamic power sampling: power-sampled trajectories until a trained controller stops.
-    "dps": "powersampling.dps.online:DynamicPowerSampler",
+    "dps": "powersampling.samplers.dps:DynamicPowerSampler",
 }
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # grading and metrics jobs read parameter specs without loadi
     import torch
 
 from powersampling.errors import UserError
+from powersampling.seeding import derive_seed
 
 # Marks a parameter without a default.
 REQUIRED: Any = object()
@@ -79,21 +80,125 @@ PROPOSAL_TOP_K = Param(
 
 
 class Sampler(ABC):
-    """Draws one completion per prompt.
+    """Draws one completion per prompt, and says what a run of it needs.
 
     Subclasses set ``name`` and ``PARAMS`` and implement :meth:`sample`; the validated
     parameters, defaults filled in, are in ``self.params``. A sampler that records
     per-stage diagnostics documents the keys of its ``sampler_trace`` records in
     ``TRACE_FIELDS`` (key → meaning).
+
+    The rest is the sampler's side of the contract with the workflow: config validation,
+    the rules, the memory planner and the generation job ask the sampler class, and never
+    branch on its name. Every hook has a default that fits a sampler decoding one row per
+    prompt from the prompt alone; a sampler overrides only what differs.
+
+    Before any job (classmethods, from the config alone):
+
+    - ``DECODER``: the engine that decodes its rows, for the memory plan: ``"static"``
+      (:meth:`~powersampling.engine.DecodingEngine.extend`), ``"rolling"``
+      (:class:`~powersampling.engine.RollingDecoder`, which keeps prompt and chain caches
+      between proposals, on the device or in host memory) or ``"particles"``
+      (:class:`~powersampling.engine.ParticleBatch`).
+    - :meth:`rows_per_prompt`: rows decoded together for one prompt (a batch is a whole
+      number of prompts).
+    - ``DETERMINISTIC``: every seed gives the same answers (one run is all runs).
+    - ``COMBINES_ANSWERS``: an answer is chosen among several drawn ones (a vote), so it
+      is not one draw of a decoding setting.
+    - :meth:`check_method`: problems of a method entry that its schema cannot see.
+    - :meth:`job_files` and :meth:`job_settings`: the files (a controller) and plain
+      values a generation job of the method needs beyond its prompts.
+    - :meth:`decoded_method`: the method whose decoder and token budget its rows use.
+
+    In the generation job, before the weights are loaded: :meth:`load_setup` reads the
+    job's files into whatever :meth:`prepare` takes, and :meth:`rows_to_answer` may leave
+    problems out. With the engine: :meth:`prepare`, :meth:`row_streams` (per-row random
+    streams), :meth:`prompts_per_call` and :meth:`sampling_record`.
     """
 
     name: ClassVar[str]
     PARAMS: ClassVar[dict[str, Param]] = {}
     TRACE_FIELDS: ClassVar[dict[str, str]] = {}
+    DECODER: ClassVar[str] = "static"
+    DETERMINISTIC: ClassVar[bool] = False
+    COMBINES_ANSWERS: ClassVar[bool] = False
+    # Where a rolling decoder keeps prompt and chain caches between proposals ("device" or
+    # "host"): it changes where memory is used, never an answer. The job sets it from its
+    # memory plan through prepare().
+    kv_store: str = "device"
 
     def __init__(self, engine, **params):
         self.engine = engine
         self.params = resolve_params(self.name, self.PARAMS, params)
+
+    # ------------------------------------------------------------ before any job
+
+    @classmethod
+    def rows_per_prompt(cls, params: dict[str, Any]) -> int:
+        """Rows one prompt takes in a batch, for ``params`` with defaults filled in."""
+        return 1
+
+    @classmethod
+    def check_method(cls, name: str, method: dict[str, Any], config: dict[str, Any]) -> list[str]:
+        """Problems of method ``name`` in a validated ``config``, one line each."""
+        return []
+
+    @classmethod
+    def job_settings(cls, method: dict[str, Any], config: dict[str, Any]) -> dict | None:
+        """Plain values a generation job of ``method`` needs from ``config`` beyond the
+        method itself (None: nothing)."""
+        return None
+
+    @classmethod
+    def job_files(
+        cls, method: dict[str, Any], config: dict[str, Any], task: str, model: str
+    ) -> dict[str, str]:
+        """Files (name → path) a generation job of ``method`` on ``task`` and ``model``
+        reads besides the task's data and the model: the rule's extra inputs."""
+        return {}
+
+    @classmethod
+    def decoded_method(cls, method: dict[str, Any], settings: dict | None) -> dict[str, Any]:
+        """The method whose decoder and token budget this method's rows use (``settings``:
+        its :meth:`job_settings`): the method itself, unless it drives another sampler."""
+        return method
+
+    # ------------------------------------------------------------ in the job
+
+    @classmethod
+    def load_setup(cls, files: dict[str, str], settings: dict | None, log=None) -> Any:
+        """What :meth:`prepare` takes, read from the job's files (None: nothing)."""
+        return None
+
+    @classmethod
+    def rows_to_answer(cls, setup: Any, problem_ids: list[str]) -> list[int]:
+        """Indices of the problems a job answers (all of them unless the sampler says)."""
+        return list(range(len(problem_ids)))
+
+    def prepare(self, setup: Any = None, *, kv_store: str = "device", grade=None, decode=None):
+        """Called once by a generation job before :meth:`sample`: ``setup`` from
+        :meth:`load_setup`, where caches live (``kv_store``), and the task's grader
+        (completions, problem rows → grades) and the tokenizer's decoder, for a sampler that
+        reads its own answers."""
+        self.kv_store = kv_store
+
+    def row_streams(self, rows: list[dict], seed: int, names: tuple[str, str, str]) -> dict:
+        """Keyword arguments of :meth:`sample` that give rows their own random streams
+        (``rows``: the problems of a call; ``names``: task, model, method): none by
+        default, so a batch shares the job's generator."""
+        return {}
+
+    def max_new_tokens(self) -> int | None:
+        """The most new tokens a row decodes (None: the sampler has no token budget)."""
+        return self.params.get("max_new_tokens")
+
+    def prompts_per_call(self, batch: int) -> int:
+        """Prompts per :meth:`sample` call when the memory plan allows ``batch`` rows (a
+        sampler that decodes several rows per prompt splits a call into batches itself)."""
+        return batch
+
+    def sampling_record(self) -> dict[str, Any]:
+        """The effective settings of a run (the ``sampling`` column)."""
+        return {"sampler": self.name, **self.params}
 
     @abstractmethod
     def sample(
@@ -108,6 +213,20 @@ class Sampler(ABC):
         every row the method's ``max_new_tokens``. A generation job gives a smaller budget to
         a row whose prompt leaves less room in the model's context.
         """
+
+
+def chain_seed(seed: int, task_name: str, model_name: str, method_name: str, problem_id) -> int:
+    """The seed of a problem's chain under a run seed: the same in any shard or batch."""
+    return derive_seed(seed, task_name, model_name, method_name, "problem", str(problem_id))
+
+
+class PerProblemStreams:
+    """Mixin of samplers that give each problem's chain (or particles) its own random stream,
+    seeded by :func:`chain_seed` from the run seed and the problem: an answer then depends
+    on neither its shard nor its batch."""
+
+    def row_streams(self, rows: list[dict], seed: int, names: tuple[str, str, str]) -> dict:
+        return {"chain_seeds": [chain_seed(seed, *names, row["problem_id"]) for row in rows]}
 
 
 def power_target(params: dict[str, Any]) -> tuple[float, float]:

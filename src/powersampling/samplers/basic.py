@@ -31,6 +31,7 @@ class GreedySampler(Sampler):
     """The most likely next token at every step (ties: the lowest token id)."""
 
     name = "greedy"
+    DETERMINISTIC = True
     PARAMS = {"max_new_tokens": MAX_NEW_TOKENS}
 
     def sample(

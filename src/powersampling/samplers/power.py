@@ -91,6 +91,7 @@ from powersampling.samplers.base import (
     PROPOSAL_TEMPERATURE,
     PROPOSAL_TOP_K,
     Param,
+    PerProblemStreams,
     Sampler,
     completion_record,
     power_target,
@@ -177,7 +178,7 @@ def log_acceptance(
     )
 
 
-class PowerSampler(Sampler):
+class PowerSampler(PerProblemStreams, Sampler):
     """Exact block-wise Metropolis–Hastings power sampling, batched over prompts.
 
     For several chains per prompt, repeat the prompt. Its ``sampler_trace`` has one record
@@ -190,6 +191,7 @@ class PowerSampler(Sampler):
     """
 
     name = "power"
+    DECODER = "rolling"
     PARAMS = {
         "alpha": ALPHA,
         "block_size": Param(
@@ -225,7 +227,6 @@ class PowerSampler(Sampler):
         "accepted": "MH proposals accepted in the block",
         "logp": "log p of the chain's answer at the end of the block (base model, T=1)",
     }
-    kv_store: str = "device"  # "device" | "host"; see the class docstring
 
     def __init__(self, engine, **params):
         super().__init__(engine, **params)

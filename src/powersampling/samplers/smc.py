@@ -57,6 +57,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +68,7 @@ from powersampling.samplers.base import (
     PROPOSAL_TEMPERATURE,
     PROPOSAL_TOP_K,
     Param,
+    PerProblemStreams,
     Sampler,
     completion_record,
     power_target,
@@ -143,7 +145,7 @@ class _Particles:
     swarm: Swarm | None = None  # set when the prompt is finished
 
 
-class SMCSampler(Sampler):
+class SMCSampler(PerProblemStreams, Sampler):
     """Sequential Monte Carlo power sampling (see the module docstring), batched over prompts.
 
     Its ``sampler_trace`` has a record every ``trace_every`` tokens (at the first ESS check
@@ -152,6 +154,7 @@ class SMCSampler(Sampler):
     """
 
     name = "smc"
+    DECODER = "particles"
     PARAMS = {
         "alpha": ALPHA,
         "particles": Param(
@@ -197,6 +200,10 @@ class SMCSampler(Sampler):
         super().__init__(engine, **params)
         self.alpha, self.temperature = power_target(self.params)
         self.n = int(self.params["particles"])
+
+    @classmethod
+    def rows_per_prompt(cls, params: dict[str, Any]) -> int:
+        return int(params["particles"])  # a prompt's particles decode together
 
     def alpha_at(self, t: int) -> float:
         """The exponent of the intermediate target after t tokens (t >= 1)."""
