@@ -137,7 +137,7 @@ def test_a_prompt_that_leaves_no_room_names_the_problem(model, tokenizer):
 @pytest.fixture(scope="module")
 def job_inputs(tmp_path_factory):
     """A toy-shaped model folder and a synthetic task's data file, as the workflow has them."""
-    from powersampling.pipeline import synthetic_data
+    from powersampling.stages.data import synthetic_data
     from powersampling.toy.model import build_toy_model, toy_model_config
     from powersampling.toy.tokenizer import VOCAB_SIZE, build_char_tokenizer
 
@@ -151,7 +151,7 @@ def job_inputs(tmp_path_factory):
 
 
 def run_job(job_inputs, tmp_path, generation, log, seeds=(0,)):
-    from powersampling.pipeline import generate
+    from powersampling.stages.generate import generate
 
     root, task = job_inputs
     return generate(

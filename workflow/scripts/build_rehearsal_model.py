@@ -1,7 +1,7 @@
 """Build a rehearsal model: a published architecture, random weights, its real tokenizer."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import build_rehearsal_model
+from powersampling.stages.models import build_rehearsal_model
 
 with job_log(snakemake.log[0]) as log:
     build_rehearsal_model(

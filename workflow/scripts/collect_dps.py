@@ -1,7 +1,7 @@
 """The DPS tables across tasks and models, with the dps methods that ran for real."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import collect_dps
+from powersampling.stages.dps import collect_dps
 
 with job_log(snakemake.log[0]) as log:
     collect_dps(

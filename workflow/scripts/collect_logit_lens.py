@@ -1,7 +1,7 @@
 """The LogitLens table: KL, top-1 agreement and entropy per layer with CIs."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import collect_logit_lens
+from powersampling.stages.interp import collect_logit_lens
 
 with job_log(snakemake.log[0]) as log:
     collect_logit_lens(

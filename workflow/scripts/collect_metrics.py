@@ -1,7 +1,7 @@
 """Aggregate every graded shard into the metric tables."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import collect_metrics
+from powersampling.stages.metrics import collect_metrics
 
 with job_log(snakemake.log[0]) as log:
     collect_metrics(

@@ -1,7 +1,7 @@
 """The patching tables: effect by layer and position, by layer, and the pairs' counts."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import collect_patching
+from powersampling.stages.interp import collect_patching
 
 with job_log(snakemake.log[0]) as log:
     collect_patching(

@@ -1,7 +1,7 @@
 """The reliability tables over the study's graded shards."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import collect_reliability
+from powersampling.stages.reliability import collect_reliability
 
 with job_log(snakemake.log[0]) as log:
     collect_reliability(

@@ -1,7 +1,7 @@
 """Truncated models' accuracy against the layers kept, beside the full model's LogitLens."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import collect_truncation
+from powersampling.stages.interp import collect_truncation
 
 with job_log(snakemake.log[0]) as log:
     collect_truncation(

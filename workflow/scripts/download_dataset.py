@@ -1,7 +1,7 @@
 """Write data/{task}.parquet from the task's public source or a local file."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import download_dataset
+from powersampling.stages.data import download_dataset
 
 with job_log(snakemake.log[0]) as log:
     download_dataset(

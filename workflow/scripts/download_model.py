@@ -1,7 +1,7 @@
 """Stage a hub model (configs, safetensors weights, tokenizer) at one pinned commit."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import download_model
+from powersampling.stages.models import download_model
 
 with job_log(snakemake.log[0]) as log:
     download_model(

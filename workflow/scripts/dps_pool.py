@@ -1,7 +1,7 @@
 """The trajectory pool of one task and model, split into training and held-out questions."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import dps_pool
+from powersampling.stages.dps import dps_pool
 
 with job_log(snakemake.log[0]) as log:
     dps_pool(

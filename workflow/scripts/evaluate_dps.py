@@ -1,7 +1,7 @@
 """Replay every stopping rule on the held-out questions of one pool."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import evaluate_dps
+from powersampling.stages.dps import evaluate_dps
 
 with job_log(snakemake.log[0]) as log:
     evaluate_dps(

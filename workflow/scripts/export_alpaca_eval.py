@@ -1,7 +1,7 @@
 """Write one run's AlpacaEval outputs in alpaca_eval's JSON format, for its judge."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import export_alpaca_eval
+from powersampling.stages.metrics import export_alpaca_eval
 
 with job_log(snakemake.log[0]) as log:
     export_alpaca_eval(

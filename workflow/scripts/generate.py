@@ -7,7 +7,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from powersampling.logs import job_log
-from powersampling.pipeline import generate
+from powersampling.stages.generate import generate
 
 # A dps method's controller and question embeddings (see rules/common.smk).
 dps = snakemake.params.dps

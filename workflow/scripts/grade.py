@@ -1,7 +1,7 @@
 """Grade one generation shard against the task's reference answers."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import grade
+from powersampling.stages.grade import grade
 
 with job_log(snakemake.log[0]) as log:
     grade(

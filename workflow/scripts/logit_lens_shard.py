@@ -6,7 +6,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from powersampling.logs import job_log
-from powersampling.pipeline import logit_lens_shard
+from powersampling.stages.interp import logit_lens_shard
 
 with job_log(snakemake.log[0]) as log:
     logit_lens_shard(

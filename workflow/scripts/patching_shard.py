@@ -6,7 +6,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from powersampling.logs import job_log
-from powersampling.pipeline import patching_shard
+from powersampling.stages.interp import patching_shard
 
 with job_log(snakemake.log[0]) as log:
     patching_shard(

@@ -6,7 +6,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from powersampling.logs import job_log
-from powersampling.pipeline import question_embeddings
+from powersampling.stages.dps import question_embeddings
 
 with job_log(snakemake.log[0]) as log:
     question_embeddings(

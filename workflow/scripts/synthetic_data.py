@@ -1,7 +1,7 @@
 """Write data/{task}.parquet: one row per problem."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import synthetic_data
+from powersampling.stages.data import synthetic_data
 
 with job_log(snakemake.log[0]):
     synthetic_data(

@@ -1,7 +1,7 @@
 """Run one exact toy-world study: a table and its figure."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import toy_study
+from powersampling.stages.studies import toy_study
 
 with job_log(snakemake.log[0]):
     toy_study(

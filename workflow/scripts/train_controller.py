@@ -1,7 +1,7 @@
 """Train one DPS controller on the training questions of a pool."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import train_controller
+from powersampling.stages.dps import train_controller
 
 with job_log(snakemake.log[0]) as log:
     train_controller(

@@ -1,7 +1,7 @@
 """Train the toy world's model and save it as a Hugging Face model directory."""
 
 from powersampling.logs import job_log
-from powersampling.pipeline import train_toy_model
+from powersampling.stages.models import train_toy_model
 
 with job_log(snakemake.log[0]) as log:
     train_toy_model(
