@@ -3,7 +3,8 @@
 :class:`RollingDecoder` runs on the model of a :class:`~powersampling.engine.batch.DecodingEngine`.
 Each row starts from given KV caches of its prefix (so a prefix is never re-encoded), and the
 cache of the whole batch is kept in one preallocated buffer written in place
-(:class:`BufferCache`). The power sampler runs its Markov chains through it.
+(:class:`~powersampling.engine.kv_buffer.BufferCache`). The power sampler runs its Markov
+chains through it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import numpy as np
 import torch
 
 from powersampling.engine.batch import DecodingEngine
+from powersampling.engine.kv_buffer import (
+    BufferCache,
+    check_attention_implementation,
+    check_full_attention,
+    decode_mask,
+)
 from powersampling.engine.tokens import TokenStats, check_generator, check_sampling, pick_tokens
 from powersampling.errors import UserError
 
@@ -54,40 +61,6 @@ class Finished:
     stats: TokenStats  # float64 [n] each, on the CPU (as in Extension)
     finish_reason: str  # "eos" | "length"
     step: int  # the decoder's step count when it ended
-
-
-class BufferCache:
-    """The KV cache of a :class:`RollingDecoder`: one preallocated buffer, written in place.
-
-    ``buf`` is [layers, 2 (key, value), slots, kv_heads, columns, head_dim]. A decode step
-    writes every row's new key/value at column ``hi`` and attends over columns ``lo..hi``.
-    Writing in place avoids the copy of the whole cache that ``DynamicCache`` makes at every
-    step (``torch.cat``), which dominates the cost of a step for small models.
-
-    The model always gets position ids and a ready 4D mask, so it asks the cache for nothing
-    but ``update`` (transformers >= 5.4), except that some models (OPT) read
-    :meth:`get_seq_length` whatever they are given.
-    """
-
-    def __init__(self, buf: torch.Tensor):
-        self.buf = buf
-        self.lo = 0
-        self.hi = 0
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        # key_states, value_states: [slots, kv_heads, 1, head_dim]
-        layer = self.buf[layer_idx]
-        layer[0, :, :, self.hi] = key_states[:, :, 0]
-        layer[1, :, :, self.hi] = value_states[:, :, 0]
-        return layer[0, :, :, self.lo : self.hi + 1], layer[1, :, :, self.lo : self.hi + 1]
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        """Columns the batch sees before this step's token: the window ``lo..hi-1``.
-
-        Models use it only to derive position ids or mask sizes when not given them; the
-        decoder gives both, so the value never changes a result, but it is the true one.
-        """
-        return self.hi - self.lo
 
 
 class RollingDecoder:
@@ -468,52 +441,3 @@ class RollingDecoder:
         out = self._new_kv(hi - start)
         out.copy_(self.cache.buf[:, :, row.slot, :, start:hi])
         return out
-
-
-def check_attention_implementation(cfg) -> str:
-    """The model's attention implementation, if a ready 4D mask works with it (sdpa, eager)."""
-    impl = cfg._attn_implementation
-    if impl not in ("sdpa", "eager"):
-        raise UserError(
-            f"decoding from preallocated caches needs 'sdpa' or 'eager' attention (the model uses "
-            f"{impl!r})"
-        )
-    return impl
-
-
-def decode_mask(window: torch.Tensor, attn_impl: str, dtype: torch.dtype) -> torch.Tensor:
-    """The 4D attention mask of a decode step from the attendable columns ``window`` [S, W].
-
-    A 4D mask is used as given by every model (transformers' masking_utils returns it
-    unchanged), whatever mask builder the model would otherwise call.
-    """
-    if attn_impl == "sdpa":
-        return window[:, None, None, :]  # [S, 1, 1, W] bool: True = attend
-    mask = torch.zeros(window.shape, dtype=dtype, device=window.device)  # eager: additive
-    return mask.masked_fill(~window, torch.finfo(dtype).min)[:, None, None, :]
-
-
-def check_full_attention(cfg, max_len: int) -> None:
-    """Refuse a model whose attention is not full over a row's span of ``max_len`` tokens.
-
-    The rolling decoder builds one 4D mask for all layers, which overrides any sliding
-    window a model would otherwise apply; so a layer type other than full attention, or a
-    sliding window shorter than ``max_len``, would silently change the model. Configs that
-    carry a window they do not use (Qwen2's ``use_sliding_window: false``) or one longer than
-    any row (Phi-3.5-mini's 262144) are fine.
-    """
-    other = sorted({t for t in (getattr(cfg, "layer_types", None) or []) if t != "full_attention"})
-    if other:
-        raise UserError(
-            "continuous batching supports only models whose layers all use full attention "
-            f"(this one has {', '.join(other)} layers)"
-        )
-    window = getattr(cfg, "sliding_window", None)
-    if getattr(cfg, "use_sliding_window", True) is False or window is None:
-        return
-    if window < max_len:
-        raise UserError(
-            f"the model attends through a sliding window of {window} tokens, shorter than the "
-            f"rows of up to {max_len} tokens; continuous batching needs full attention over "
-            "a row (shorten max_new_tokens or the prompts, or use the static engine)"
-        )
