@@ -5,24 +5,26 @@ import sys
 
 from powersampling.config import (
     GENERATED_KINDS,
-    REHEARSAL_SOURCE,
-    TOY_SOURCE,
-    BUILT_SOURCES,
-    Run,
-    decoding_method,
+    method_job_settings,
     shard_rows,
     n_shards,
     planned_runs,
     run_seeds,
     task_seed,
     task_size,
-    toy_settings,
     validate_config,
     with_command_line_values,
 )
 from powersampling.errors import UserError
+from powersampling.samplers import sampler_class
 from powersampling.seeding import derive_seed
-from powersampling.sources import is_local_path
+from powersampling.sources import (
+    REHEARSAL_SOURCE,
+    TOY_SOURCE,
+    model_source,
+    toy_settings,
+)
+from powersampling.studies import Run, active_studies
 
 # A bad config stops here, before any job runs, with one line per problem.
 try:
@@ -34,6 +36,8 @@ except UserError as err:
     sys.exit(f"Error: {err}")
 
 RUNS = planned_runs(config)
+# The studies this config runs (their rules are in rules/<study>.smk).
+STUDIES_IN_CONFIG = [study.name for study in active_studies(config, RUNS)]
 # The seeds of one (task, model, method) share its generation jobs: one model load each.
 SEEDS = run_seeds(config)
 SHARD_FILE = "{task}/{model}/{method}/shard{shard}.parquet"
@@ -60,27 +64,15 @@ def tasks_of_kind(synthetic):
     ]
 
 
-def full_models():
-    """Model entries with their own weights (a truncated model reads its base model's)."""
-    return {n: m for n, m in config["models"].items() if "truncation" not in m}
-
-
-def models_with_source(source):
-    return [n for n, m in full_models().items() if m["source"] == source]
-
-
-def hub_models():
-    """Models read from the hub: staged into model_cache by rule download_model."""
+def models_with_source(kind):
+    """Model entries with their own weights (a truncated model reads its base model's)
+    whose source is of ``kind``: toy, rehearsal, local or hub (staged into model_cache by
+    rule download_model)."""
     return [
         name
-        for name, model in full_models().items()
-        if model["source"] not in BUILT_SOURCES and not is_local_path(model["source"])
+        for name, model in config["models"].items()
+        if "truncation" not in model and model_source(config, name).kind == kind
     ]
-
-
-def weights_of(model):
-    """The model entry whose weights ``model`` loads: its own, or its base model's."""
-    return config["models"][model].get("truncation", {}).get("of", model)
 
 
 def shard_paths(stage, runs=None):
@@ -102,15 +94,23 @@ def shard_paths(stage, runs=None):
 
 
 def model_inputs(wildcards):
-    """The model folder a generation job reads: built by the workflow (toy, rehearsal),
-    staged from the hub (download_model), or a local folder named in the config."""
-    model = weights_of(wildcards.model)
-    source = config["models"][model]["source"]
-    if source in BUILT_SOURCES:
-        return {"model": f"results/models/{model}"}
-    if model in hub_models():
-        return {"model": f"{config['model_cache']}/{model}"}
-    return {}
+    """The model folder a job reads when the workflow makes it: built (toy, rehearsal) or
+    staged from the hub (download_model); a local folder named in the config is no input."""
+    source = model_source(config, wildcards.model)
+    return {} if source.kind == "local" else {"model": source.folder}
+
+
+def sampler_job_files(wildcards):
+    """The files a generation job's sampler reads besides data and model (a controller)."""
+    method = config["methods"][wildcards.method]
+    return sampler_class(method["sampler"]).job_files(
+        method, config, wildcards.task, wildcards.model
+    )
+
+
+def sampler_job_settings(wildcards):
+    """What a generation job's sampler needs from the config beyond its method."""
+    return method_job_settings(config, wildcards.method)
 
 
 def scaled_by_attempt(first_attempt):
@@ -127,21 +127,11 @@ def figure_paths():
     those of studies this config does not run."""
     from powersampling.plots import FIGURES
 
-    studies = studies_in_config()
     return [
         f"results/plots/{name}.svg"
         for name, spec in FIGURES.items()
-        if spec.study is None or spec.study in studies
+        if spec.study is None or spec.study in STUDIES_IN_CONFIG
     ]
-
-
-def study_outputs():
-    """The toy-world studies' figures, one per entry of powersampling.toy.studies.STUDIES."""
-    if "exact_toy" not in config["studies"]:
-        return []
-    from powersampling.toy.studies import STUDIES
-
-    return [f"results/plots/study_{study}.svg" for study in STUDIES]
 
 
 def rendered_caption(caption_file):
@@ -178,24 +168,13 @@ def all_outputs():
         "results/tables/accuracy.parquet",
         "results/tables/pass_at_k.parquet",
         *figure_paths(),
-        *study_outputs(),
-        *(
-            ["results/tables/patching_pairs.csv"]
-            if "patching" in config["studies"]
-            else []
-        ),
-        *(["results/tables/dps.html"] if "dps" in config["studies"] else []),
-        *(
-            ["results/tables/reliability.html"]
-            if "reliability" in config["studies"]
-            else []
-        ),
+        *(path for study in active_studies(config, RUNS) for path in study.outputs(config)),
         "results/config.yaml",
     ]
 
 
 def analysis_shards(study):
-    """Per-shard files of a study over tasks and models (logit_lens, patching)."""
+    """Per-shard files of a study that runs one job per task, model and shard."""
     section = config["studies"].get(study)
     if section is None:
         return []
@@ -205,121 +184,3 @@ def analysis_shards(study):
         for model in section["models"]
         for shard in range(n_shards(config, task))
     ]
-
-
-def studies_in_config():
-    """The studies whose tables this config makes (the figures of the others are left out)."""
-    studies = {
-        name
-        for name in ("logit_lens", "patching", "dps", "reliability")
-        if name in config["studies"]
-    }
-    if any("truncation" in config["models"][run.model] for run in RUNS):
-        studies.add("truncation")
-    return studies
-
-
-# Dynamic power sampling (rules/dps.smk)
-
-
-def dps_pairs():
-    """(task, model) of the DPS study: one pool, set of controllers and replay each."""
-    study = config["studies"].get("dps")
-    if study is None:
-        return []
-    return [(task, model) for task in study["tasks"] for model in study["models"]]
-
-
-def dps_pool_shards(task, model):
-    """The graded shards of the study's pool on one task and model."""
-    study = config["studies"]["dps"]
-    return shard_paths(
-        "graded", [Run(task, model, study["pool"], s) for s in range(study["k_max"])]
-    )
-
-
-def dps_embeddings_input(task, model, controller=None):
-    """The question embeddings, for whatever reads them: mlp_hq (or, with no controller
-    named, the evaluation of a study that trains mlp_hq)."""
-    study = config["studies"]["dps"]
-    needed = controller == "mlp_hq" if controller else "mlp_hq" in study["controllers"]
-    if not needed:
-        return {}
-    return {"embeddings": f"results/dps/{task}/{model}/question_embeddings.parquet"}
-
-
-def dps_controller_files(task, model):
-    return {
-        name: f"results/dps/{task}/{model}/controllers/{name}.pkl"
-        for name in config["studies"]["dps"]["controllers"]
-    }
-
-
-def dps_evaluation_files(task, model):
-    folder = f"results/dps/{task}/{model}/evaluation"
-    return {
-        name: f"{folder}/{name}.parquet"
-        for name in ("replay", "summary", "quality", "calibration", "importance")
-    }
-
-
-def dps_runs():
-    """The runs of dps methods (they answer the held-out questions for real)."""
-    return [run for run in RUNS if config["methods"][run.method]["sampler"] == "dps"]
-
-
-def dps_online_taus(task, model):
-    """Per controller, the τ of the dps methods that run on this task and model: the
-    replay adds them to its sweep, to compare the real runs with it."""
-    taus = {}
-    for run in dps_runs():
-        if (run.task, run.model) == (task, model):
-            method = config["methods"][run.method]
-            taus.setdefault(method["controller"], []).append(method["tau"])
-    return taus
-
-
-def dps_generation_inputs(wildcards):
-    """A dps method's controller file (and question embeddings, for mlp_hq)."""
-    method = config["methods"][wildcards.method]
-    if method["sampler"] != "dps":
-        return {}
-    controller = method["controller"]
-    return {
-        "controller": f"results/dps/{wildcards.task}/{wildcards.model}/controllers/"
-        f"{controller}.pkl",
-        **dps_embeddings_input(wildcards.task, wildcards.model, controller),
-    }
-
-
-def dps_generation_params(wildcards):
-    """What a dps generation job needs besides its files: the pool and the schedule."""
-    method = config["methods"][wildcards.method]
-    study = config["studies"].get("dps")
-    if method["sampler"] != "dps":
-        return None
-    return {
-        "pool": study["pool"],
-        "pool_method": decoding_method(config, wildcards.method),
-        "schedule": {k: study[k] for k in ("k_start", "k_step", "k_max")},
-    }
-
-
-# Temperature reliability (rules/reliability.smk)
-
-
-def reliability_shards():
-    """The graded shards of the reliability study's tasks, models and settings."""
-    study = config["studies"].get("reliability")
-    if study is None:
-        return []
-    return shard_paths(
-        "graded",
-        [
-            run
-            for run in RUNS
-            if run.task in study["tasks"]
-            and run.model in study["models"]
-            and run.method in study["methods"]
-        ],
-    )

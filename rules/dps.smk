@@ -8,6 +8,63 @@ exactly the shards of the dps methods that use it.
 """
 
 
+def dps_pairs():
+    """(task, model) of the DPS study: one pool, set of controllers and replay each."""
+    study = config["studies"].get("dps")
+    if study is None:
+        return []
+    return [(task, model) for task in study["tasks"] for model in study["models"]]
+
+
+def dps_pool_shards(task, model):
+    """The graded shards of the study's pool on one task and model."""
+    study = config["studies"]["dps"]
+    return shard_paths(
+        "graded", [Run(task, model, study["pool"], s) for s in range(study["k_max"])]
+    )
+
+
+def dps_embeddings_input(task, model, controller=None):
+    """The question embeddings, for whatever reads them: mlp_hq (or, with no controller
+    named, the evaluation of a study that trains mlp_hq)."""
+    study = config["studies"]["dps"]
+    needed = controller == "mlp_hq" if controller else "mlp_hq" in study["controllers"]
+    if not needed:
+        return {}
+    return {"embeddings": f"results/dps/{task}/{model}/question_embeddings.parquet"}
+
+
+def dps_controller_files(task, model):
+    return {
+        name: f"results/dps/{task}/{model}/controllers/{name}.pkl"
+        for name in config["studies"]["dps"]["controllers"]
+    }
+
+
+def dps_evaluation_files(task, model):
+    folder = f"results/dps/{task}/{model}/evaluation"
+    return {
+        name: f"{folder}/{name}.parquet"
+        for name in ("replay", "summary", "quality", "calibration", "importance")
+    }
+
+
+def dps_runs():
+    """The runs of dps methods (they answer the held-out questions for real)."""
+    return [run for run in RUNS if config["methods"][run.method]["sampler"] == "dps"]
+
+
+def dps_online_taus(task, model):
+    """Per controller, the tau of the dps methods that run on this task and model: the
+    replay adds them to its sweep, to compare the real runs with it."""
+    taus = {}
+    for run in dps_runs():
+        if (run.task, run.model) == (task, model):
+            method = config["methods"][run.method]
+            taus.setdefault(method["controller"], []).append(method["tau"])
+    return taus
+
+
 rule question_embeddings:
     input:
         unpack(model_inputs),

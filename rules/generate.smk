@@ -8,7 +8,7 @@ with its own random stream, so a seed's rows do not depend on which others share
 rule generate:
     input:
         unpack(model_inputs),
-        unpack(dps_generation_inputs),
+        unpack(sampler_job_files),
         data="data/{task}.parquet",
     output:
         "results/generations/{task}/{model}/{method}/shard{shard}.parquet",
@@ -32,6 +32,7 @@ rule generate:
         task_seed=lambda wildcards: task_seed(config, wildcards.task),
         generation=config["generation"],
         device=config["device"],
-        dps=dps_generation_params,
+        sampler_files=lambda wildcards: list(sampler_job_files(wildcards)),
+        sampler_settings=sampler_job_settings,
     script:
         "../workflow/scripts/generate.py"

@@ -55,7 +55,7 @@ rule download_model:
     log:
         "logs/download_model/{model}.log",
     wildcard_constraints:
-        model=names_alternation(hub_models()),
+        model=names_alternation(models_with_source("hub")),
     retries: 2
     conda:
         "../environment.yml"

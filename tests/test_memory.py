@@ -137,7 +137,7 @@ PAPER_SMC = {"sampler": "smc", "alpha": 4.0, "particles": 32, "max_new_tokens": 
 def test_smc_batches_whole_prompts_of_particles(qwen):
     plan = plan_memory(qwen, "bfloat16", PAPER_SMC, [300, 512], 64, 80 * GIB)
     kv = 28 * 2 * 4 * 128 * 2
-    assert plan.shape.particles == 32 and plan.batch % 32 == 0 and plan.batch >= 32
+    assert plan.shape.rows_per_prompt == 32 and plan.batch % 32 == 0 and plan.batch >= 32
     assert plan.items.buffer == plan.batch * (512 + 3072) * kv
     assert plan.items.cache_transient == plan.items.buffer // 28  # one layer's row copies
     assert plan.items.kv_cache == plan.items.chain_states == 0

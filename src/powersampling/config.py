@@ -9,10 +9,8 @@ which runs exist) is also here, so the Snakefile and the tests share one definit
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +18,24 @@ import jsonschema
 import yaml
 
 from powersampling.errors import UserError
-from powersampling.samplers import method_params, method_schema
+from powersampling.samplers import method_params, method_schema, sampler_class
 from powersampling.samplers.base import StrictValidator
 from powersampling.seeding import derive_seed
-from powersampling.sources import is_local_path
+from powersampling.sources import (
+    BUILT_SOURCES,
+    REHEARSAL_SOURCE,
+    TOY_SOURCE,
+    is_local_path,
+    known_fields,
+    model_context,
+    model_depth,
+)
+from powersampling.studies import all_studies, planned_runs, study_schemas
 from powersampling.tasks import get_task
-from powersampling.toy.shape import toy_context_length
 
-TOY_SOURCE = "toy"
-REHEARSAL_SOURCE = "rehearsal"
 # Task kinds whose data the workflow makes itself (rule synthetic_data), from a generator
 # or a local file; the others are downloaded (rule download_dataset).
 GENERATED_KINDS = ("synthetic", "pairs")
-# Sources the workflow builds itself (rules train_toy_model, build_rehearsal_model).
-BUILT_SOURCES = (TOY_SOURCE, REHEARSAL_SOURCE)
 
 
 def _set_defaults(validator_class):
@@ -67,15 +69,19 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 
 def load_schema(path: str | os.PathLike) -> dict:
-    """The config schema, with the methods' schema built from the samplers' parameter specs."""
+    """The config schema, with the methods' and studies' schemas built from their modules."""
     return with_method_schema(yaml.safe_load(Path(path).read_text()))
 
 
 def with_method_schema(schema: dict) -> dict:
-    """``schema`` whose ``$defs/method`` is :func:`powersampling.samplers.method_schema`:
-    the samplers' own parameter specs are the one definition of a method's parameters."""
+    """``schema`` whose ``$defs/method`` is :func:`powersampling.samplers.method_schema` and
+    whose ``studies`` section lists :func:`powersampling.studies.study_schemas`: the
+    samplers' parameter specs and the studies' schemas are the one definition of each."""
     schema = copy.deepcopy(schema)
     schema.setdefault("$defs", {})["method"] = method_schema()
+    studies = schema.get("properties", {}).get("studies")
+    if studies is not None:
+        studies["properties"] = study_schemas()
     return schema
 
 
@@ -167,75 +173,22 @@ def _expand_truncations(config: dict[str, Any], sweep_keys: dict[str, list[str]]
     if problems:
         return problems
     config["models"] = expanded
-    for section in [*config["experiments"], *_analyses(config).values()]:
+    studies = [s for s in all_studies() if s.EXPANDS_TRUNCATIONS and s.name in config["studies"]]
+    for section in [*config["experiments"], *(config["studies"][s.name] for s in studies)]:
         section["models"] = list(
             dict.fromkeys(m for name in section["models"] for m in sweeps.get(name, [name]))
         )
     return []
 
 
-def _analyses(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The studies that run on the config's tasks and models (LogitLens, patching)."""
-    return {
-        name: config["studies"][name]
-        for name in ("logit_lens", "patching")
-        if name in config["studies"]
-    }
-
-
-def model_depth(config: dict[str, Any], model: str) -> int | None:
-    """Decoder blocks of ``model`` when known without loading it (see :func:`known_fields`);
-    else None (checked when the job loads the model)."""
-    depth = known_fields(config, model).get("num_hidden_layers")
-    return depth if isinstance(depth, int) else None
-
-
-def known_fields(config: dict[str, Any], model: str) -> dict[str, Any]:
-    """What the config of ``model`` says, as far as it is known without loading anything:
-    the toy model's from its shape, a rehearsal model's from its published architecture and
-    settings, a local model's from its ``config.json``, a hub model's when it is a published
-    architecture; else ``{}``. Only ``model_type`` and ``num_hidden_layers`` are relied on."""
-    from powersampling.architectures import PUBLISHED_CONFIGS, architecture_of_hub_id
-    from powersampling.toy.shape import ARCHITECTURES, DEFAULT_MODEL_SHAPE
-
-    entry = config["models"][model]
-    source = entry["source"]
-    if source == TOY_SOURCE:
-        shape = {**DEFAULT_MODEL_SHAPE, **(toy_settings(config, model).get("model_shape") or {})}
-        return {"model_type": ARCHITECTURES.get(shape["architecture"]), **shape}
-    if source == REHEARSAL_SOURCE:
-        settings = entry.get("rehearsal") or {}
-        fields = dict(PUBLISHED_CONFIGS.get(settings.get("architecture"), {}))
-        if settings.get("num_hidden_layers") is not None:
-            fields["num_hidden_layers"] = settings["num_hidden_layers"]
-        return fields
-    if is_local_path(source):
-        try:
-            fields = json.loads((Path(source).expanduser() / "config.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        # Multimodal configs keep the language model's settings under text_config.
-        return fields.get("text_config") or fields
-    architecture = architecture_of_hub_id(source)
-    return dict(PUBLISHED_CONFIGS[architecture]) if architecture else {}
-
-
 def _check_architectures(config: dict[str, Any]) -> list[str]:
     """Models that truncation, LogitLens or patching is asked to run on but cannot serve,
     when their architecture is known before any job (else the job refuses them)."""
     users: dict[str, list[str]] = {}
-    for model in config["models"].values():
-        if "truncation" in model:
-            users.setdefault(model["truncation"]["of"], []).append("truncation")
-    for study, section in _analyses(config).items():
-        for name in section["models"]:
-            base = config["models"].get(name, {}).get("truncation", {}).get("of", name)
-            users.setdefault(base, []).append({"logit_lens": "LogitLens"}.get(study, study))
-    dps = config["studies"].get("dps")
-    if dps is not None and "mlp_hq" in dps["controllers"]:
-        for name in dps["models"]:
-            base = config["models"].get(name, {}).get("truncation", {}).get("of", name)
-            users.setdefault(base, []).append("question embeddings (mlp_hq)")
+    for study in all_studies():
+        if study.SCHEMA is None or study.name in config["studies"]:
+            for model, what in study.model_uses(config):
+                users.setdefault(model, []).append(what)
     if not users:
         return []
     from powersampling.anatomy import FAMILIES  # where blocks and norm are, per family
@@ -265,14 +218,6 @@ def _check_references(config: dict[str, Any]) -> list[str]:
                         f"experiments.{i}.{section}: {name!r} is not defined under "
                         f"'{section}' (defined: {known})"
                     )
-    for study in _analyses(config):
-        problems += _undefined_names(config, study, ("tasks", "models"))
-    for name in config["studies"].get("patching", {}).get("tasks", []):
-        kind = config["tasks"].get(name, {}).get("kind", "pairs")
-        if kind != "pairs":
-            problems.append(
-                f"studies.patching.tasks: {name!r} is a {kind} task; patching needs pairs"
-            )
     for name, task in config["tasks"].items():
         if task["kind"] == "pairs" and task["shard_size"] % 2:
             problems.append(
@@ -280,9 +225,12 @@ def _check_references(config: dict[str, Any]) -> list[str]:
                 f"each); make it even, not {task['shard_size']}"
             )
     for name, model in config["models"].items():
-        problems += _check_model(name, model, config["tasks"])
-    problems += _check_dps(config)
-    problems += _check_reliability(config)
+        problems += _check_model(name, model, config)
+    for name, method in config["methods"].items():
+        problems += sampler_class(method["sampler"]).check_method(name, method, config)
+    for study in all_studies():
+        if study.SCHEMA is not None and study.name in config["studies"]:
+            problems += study.check(config)
     problems += _check_architectures(config)
     for name, task in config["tasks"].items():
         if task["kind"] in GENERATED_KINDS and task.get("limit") is None:
@@ -297,84 +245,15 @@ def _check_references(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _undefined_names(config: dict[str, Any], study: str, kinds: tuple[str, ...]) -> list[str]:
-    """Names a study section gives under ``kinds`` (tasks, models, methods) that the config
-    does not define."""
-    section = config["studies"][study]
-    return [
-        f"studies.{study}.{kind}: {name!r} is not defined under '{kind}' "
-        f"(defined: {', '.join(sorted(config[kind]))})"
-        for kind in kinds
-        for name in section[kind]
-        if name not in config[kind]
-    ]
-
-
-def _check_reliability(config: dict[str, Any]) -> list[str]:
-    """The reliability study's names, and quantized models where no GPU can be."""
-    problems = []
-    for name, model in config["models"].items():
-        if model.get("quantization") and config["device"] == "cpu":
-            problems.append(
-                f"models.{name}.quantization: 4-bit loading needs a CUDA GPU, and device is cpu"
-            )
-    study = config["studies"].get("reliability")
-    if study is None:
-        return problems
-    problems += _undefined_names(config, "reliability", ("tasks", "models", "methods"))
-    for name in study["methods"]:
-        if config["methods"].get(name, {}).get("sampler") == "dps":
-            problems.append(
-                f"studies.reliability.methods: {name!r} is a dps method; the study "
-                "compares decoding settings one run at a time"
-            )
-    return problems
-
-
-def _check_dps(config: dict[str, Any]) -> list[str]:
-    """The DPS study's names and schedule, and the dps methods' place in it."""
-    problems = []
-    dps_methods = [n for n, m in config["methods"].items() if m["sampler"] == "dps"]
-    study = config["studies"].get("dps")
-    if study is None:
-        return [
-            f"methods.{name}: a dps method needs the controllers of studies.dps (absent)"
-            for name in dps_methods
-        ]
-    problems += _undefined_names(config, "dps", ("tasks", "models"))
-    pool = config["methods"].get(study["pool"])
-    if pool is None or pool["sampler"] != "power":
-        problems.append(f"studies.dps.pool: {study['pool']!r} is not a power-sampling method")
-    k_start, k_step, k_max = study["k_start"], study["k_step"], study["k_max"]
-    if not k_start < k_max or (k_max - k_start) % k_step:
-        problems.append(
-            f"studies.dps: k_start {k_start} must be below k_max {k_max}, which k_step "
-            f"{k_step} must reach from it"
-        )
-    for name in dps_methods:
-        controller = config["methods"][name]["controller"]
-        if controller not in study["controllers"]:
-            problems.append(
-                f"methods.{name}.controller: {controller!r} is not one of studies.dps."
-                f"controllers ({', '.join(study['controllers'])})"
-            )
-    for i, experiment in enumerate(config["experiments"]):
-        if not set(experiment["methods"]) & set(dps_methods):
-            continue
-        for kind in ("tasks", "models"):
-            outside = [n for n in experiment[kind] if n not in study[kind]]
-            if outside:
-                problems.append(
-                    f"experiments.{i}: dps runs on the {kind} of studies.dps only "
-                    f"({outside[0]!r} is not there: it has no controller)"
-                )
-    return problems
-
-
-def _check_model(name: str, model: dict[str, Any], tasks: dict[str, Any]) -> list[str]:
+def _check_model(name: str, model: dict[str, Any], config: dict[str, Any]) -> list[str]:
     from powersampling.architectures import PUBLISHED_CONFIGS
 
+    tasks = config["tasks"]
     problems = []
+    if model.get("quantization") and config["device"] == "cpu":
+        problems.append(
+            f"models.{name}.quantization: 4-bit loading needs a CUDA GPU, and device is cpu"
+        )
     source = model["source"]
     if source not in BUILT_SOURCES and is_local_path(source):
         if not Path(source).expanduser().is_dir():
@@ -404,31 +283,6 @@ def _check_model(name: str, model: dict[str, Any], tasks: dict[str, Any]) -> lis
                     f"(tasks: {', '.join(sorted(tasks))})"
                 )
     return problems
-
-
-def model_context(config: dict[str, Any], model: str) -> int | None:
-    """The context length of ``model`` when it is known without loading it: the toy
-    model's from its shape, a rehearsal model's from its published architecture, a local
-    model's from its ``config.json``; else None (hub ids)."""
-    source = config["models"][model]["source"]
-    if source == TOY_SOURCE:
-        return toy_context_length(toy_settings(config, model))
-    if source == REHEARSAL_SOURCE:
-        from powersampling.architectures import PUBLISHED_CONFIGS
-
-        architecture = config["models"][model]["rehearsal"]["architecture"]
-        return PUBLISHED_CONFIGS[architecture]["max_position_embeddings"]
-    if not is_local_path(source):
-        return None
-    try:
-        model_config = json.loads((Path(source).expanduser() / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    # Multimodal configs keep the language model's settings under text_config.
-    for section in (model_config, model_config.get("text_config") or {}):
-        if isinstance(section.get("max_position_embeddings"), int):
-            return section["max_position_embeddings"]
-    return None
 
 
 def _check_budgets(config: dict[str, Any]) -> list[str]:
@@ -502,46 +356,6 @@ def load_config(path: str | os.PathLike, schema: str | os.PathLike) -> dict[str,
 # Planning
 
 
-@dataclass(frozen=True)
-class Run:
-    """One (task, model, method, seed) combination. Its rows are generated shard by shard,
-    together with the other seeds of the same (task, model, method) (:func:`run_seeds`)."""
-
-    task: str
-    model: str
-    method: str
-    seed: int
-
-
-def planned_runs(config: dict[str, Any]) -> list[Run]:
-    """Every run the experiments ask for, and the DPS study's pool, without duplicates, in
-    config order."""
-    runs: dict[Run, None] = {}
-    for experiment in config["experiments"]:
-        for task in experiment["tasks"]:
-            for model in experiment["models"]:
-                for method in experiment["methods"]:
-                    for seed in experiment["seeds"]:
-                        runs[Run(task, model, method, int(seed))] = None
-    # The reliability study: greedy settings once, the others `runs` times.
-    study = config.get("studies", {}).get("reliability")
-    if study is not None:
-        for task in study["tasks"]:
-            for model in study["models"]:
-                for method in study["methods"]:
-                    greedy = config["methods"][method]["sampler"] == "greedy"
-                    for seed in range(1 if greedy else study["runs"]):
-                        runs[Run(task, model, method, seed)] = None
-    # The DPS study's pool: seeds 0..k_max-1 of its power method are the trajectories.
-    study = config.get("studies", {}).get("dps")
-    if study is not None:
-        for task in study["tasks"]:
-            for model in study["models"]:
-                for seed in range(study["k_max"]):
-                    runs[Run(task, model, study["pool"], seed)] = None
-    return list(runs)
-
-
 def run_seeds(config: dict[str, Any]) -> dict[tuple[str, str, str], list[int]]:
     """The seeds of every (task, model, method), in config order: the seeds of one such
     triple run in the same generation jobs (one model load for all of them)."""
@@ -551,13 +365,20 @@ def run_seeds(config: dict[str, Any]) -> dict[tuple[str, str, str], list[int]]:
     return seeds
 
 
-def decoding_method(config: dict[str, Any], method: str) -> dict[str, Any]:
-    """The method whose sampler decodes ``method``'s tokens: itself, or for a dps method its
-    study's pool method (power sampling)."""
+def method_job_settings(config: dict[str, Any], method: str) -> dict | None:
+    """What a generation job of ``method`` needs from the config beyond the method entry
+    (its sampler's ``job_settings``)."""
     entry = config["methods"][method]
-    if entry["sampler"] == "dps":
-        return config["methods"][config["studies"]["dps"]["pool"]]
-    return entry
+    return sampler_class(entry["sampler"]).job_settings(entry, config)
+
+
+def decoding_method(config: dict[str, Any], method: str) -> dict[str, Any]:
+    """The method whose decoder and token budget ``method``'s rows use: itself, unless its
+    sampler drives another one (its ``decoded_method``)."""
+    entry = config["methods"][method]
+    return sampler_class(entry["sampler"]).decoded_method(
+        entry, method_job_settings(config, method)
+    )
 
 
 def task_seed(config: dict[str, Any], task: str) -> int:
@@ -584,11 +405,3 @@ def shard_rows(config: dict[str, Any], task: str, shard: int) -> tuple[int, int]
             f"({size} problems, {shard_size} per shard)"
         )
     return start, min(start + shard_size, size)
-
-
-def toy_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
-    """The toy world's settings for ``model``: global ``toy`` section, then the model's own."""
-    settings = copy.deepcopy(config.get("toy", {}))
-    for section, values in config["models"][model].get("toy", {}).items():
-        settings.setdefault(section, {}).update(values)
-    return settings
