@@ -23,6 +23,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,35 @@ def train_toy_model(
     return info
 
 
+@dataclass(frozen=True)
+class TrainingSet:
+    """The encoded training examples, and how many problems were kept and held out."""
+
+    n_problems: int  # training problems kept (one example each)
+    n_held_out: int  # generated problems dropped for being asked in the evaluation
+    ids: torch.Tensor  # (N, T) right-padded token ids
+    labels: torch.Tensor  # (N, T): target and EOS labelled, the rest IGNORE
+    lengths: torch.Tensor  # (N,) tokens before the padding
+    instructed: np.ndarray  # (N,) whether the example has the instruction-style prompt
+
+
+def training_set(
+    tokenizer, cfg: dict[str, Any], holdout_questions: Iterable[str], seed: int, max_positions: int
+) -> TrainingSet:
+    """The problems, prompts and targets of training, encoded; a UserError if an example is
+    longer than ``max_positions`` tokens."""
+    problems, n_excluded = training_problems(cfg, holdout_questions, seed)
+    prompts, targets, instructed = training_prompts(problems, cfg["instruction_share"], seed)
+    ids, labels = encode_examples(tokenizer, prompts, targets)  # (N, T) each
+    if ids.shape[1] > max_positions:
+        raise UserError(
+            f"toy training examples are {ids.shape[1]} tokens long, more than "
+            f"max_position_embeddings={max_positions}; lower the difficulty"
+        )
+    lengths = (ids != tokenizer.pad_token_id).sum(dim=1)  # (N,)
+    return TrainingSet(len(problems), n_excluded, ids, labels, lengths, instructed)
+
+
 def fit_toy_model(
     *,
     model_shape: dict[str, Any] | None = None,
@@ -190,21 +220,64 @@ def fit_toy_model(
     shape = {**DEFAULT_MODEL_SHAPE, **(model_shape or {})}
     cfg = train_config(train)
     tokenizer = build_char_tokenizer(model_max_length=shape["max_position_embeddings"])
-    problems, n_excluded = training_problems(cfg, holdout_questions, seed)
-    prompts, targets, instructed = training_prompts(problems, cfg["instruction_share"], seed)
-    ids, labels = encode_examples(tokenizer, prompts, targets)  # (N, T) each
-    if ids.shape[1] > shape["max_position_embeddings"]:
-        raise UserError(
-            f"toy training examples are {ids.shape[1]} tokens long, more than "
-            f"max_position_embeddings={shape['max_position_embeddings']}; lower the difficulty"
-        )
-    lengths = (ids != tokenizer.pad_token_id).sum(dim=1)  # (N,)
-    log(f"toy training: {len(problems)} problems ({n_excluded} held out), {cfg['steps']} steps")
+    data = training_set(
+        tokenizer, cfg, holdout_questions, seed, max_positions=shape["max_position_embeddings"]
+    )
+    log(
+        f"toy training: {data.n_problems} problems ({data.n_held_out} held out), "
+        f"{cfg['steps']} steps"
+    )
 
     config = toy_model_config(len(tokenizer), **shape)
     model = build_toy_model(config, seed=derive_seed(seed, "toy-init"))
+    losses = _optimise(
+        model,
+        config,
+        data,
+        cfg,
+        pad_token_id=tokenizer.pad_token_id,
+        moe=shape["architecture"] == "moe",
+        seed=seed,
+        start=start,
+        log=log,
+    )
+    model.eval()
+    tail = losses[-min(len(losses), 50) :]
+    info = {
+        "seed": seed,
+        "model_shape": shape,
+        "train": cfg,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "n_train_problems": data.n_problems,
+        "n_held_out": data.n_held_out,
+        "steps": cfg["steps"],
+        "first_loss": losses[0],
+        "final_loss": sum(tail) / len(tail),  # mean over the last (up to) 50 steps
+        "seconds": time.perf_counter() - start,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+    }
+    if not math.isfinite(info["final_loss"]):
+        raise RuntimeError(f"toy training diverged (final loss {info['final_loss']})")
+    return model, tokenizer, info
+
+
+def _optimise(
+    model,
+    config,
+    data: TrainingSet,
+    cfg: dict[str, Any],
+    *,
+    pad_token_id: int,
+    moe: bool,
+    seed: int,
+    start: float,
+    log: Callable[[str], None],
+) -> list[float]:
+    """Train ``model`` in place for ``cfg["steps"]`` AdamW steps (cosine schedule with
+    warmup, gradient clipping); returns each step's loss."""
     model.train()
-    router = {"output_router_logits": True} if shape["architecture"] == "moe" else {}
+    router = {"output_router_logits": True} if moe else {}
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=cfg["learning_rate"],
@@ -217,26 +290,19 @@ def fit_toy_model(
     # Instruction-style prompts are about twice as long as worked-answer ones: batches take
     # one kind at a time, so that the short ones are not padded to the long ones' width.
     batches = _mixed_batches(
-        [np.flatnonzero(~instructed), np.flatnonzero(instructed)],
+        [np.flatnonzero(~data.instructed), np.flatnonzero(data.instructed)],
         [1 - cfg["instruction_share"], cfg["instruction_share"]],
         cfg["batch_size"],
         derive_seed(seed, "toy-batches"),
-        lengths,
+        data.lengths,
     )
 
     losses = []
     for step in range(1, cfg["steps"] + 1):
         idx = next(batches)
-        width = int(lengths[idx].max())  # right padding: columns past this are all pad
-        x, y = ids[idx, :width], labels[idx, :width]  # (B, T)
-        out = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id), **router)
-        logits = out.logits
-        # Position t predicts token t+1.
-        loss = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=IGNORE
-        )
-        if router:  # a mixture of experts: its load-balancing loss, as Mixtral trains with
-            loss = loss + config.router_aux_loss_coef * out.aux_loss
+        width = int(data.lengths[idx].max())  # right padding: columns past this are all pad
+        x, y = data.ids[idx, :width], data.labels[idx, :width]  # (B, T)
+        loss = _batch_loss(model, config, x, y, pad_token_id, router)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
@@ -248,26 +314,21 @@ def fit_toy_model(
             log(
                 f"step {step}/{cfg['steps']} loss {recent:.4f} ({time.perf_counter() - start:.0f}s)"
             )
+    return losses
 
-    model.eval()
-    tail = losses[-min(len(losses), 50) :]
-    info = {
-        "seed": seed,
-        "model_shape": shape,
-        "train": cfg,
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "n_train_problems": len(problems),
-        "n_held_out": n_excluded,
-        "steps": cfg["steps"],
-        "first_loss": losses[0],
-        "final_loss": sum(tail) / len(tail),  # mean over the last (up to) 50 steps
-        "seconds": time.perf_counter() - start,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-    }
-    if not math.isfinite(info["final_loss"]):
-        raise RuntimeError(f"toy training diverged (final loss {info['final_loss']})")
-    return model, tokenizer, info
+
+def _batch_loss(model, config, x, y, pad_token_id: int, router: dict) -> torch.Tensor:
+    """Next-token cross-entropy of a batch on its labelled positions (plus, for a mixture
+    of experts, its load-balancing loss)."""
+    out = model(input_ids=x, attention_mask=(x != pad_token_id), **router)
+    logits = out.logits
+    # Position t predicts token t+1.
+    loss = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=IGNORE
+    )
+    if router:  # a mixture of experts: its load-balancing loss, as Mixtral trains with
+        loss = loss + config.router_aux_loss_coef * out.aux_loss
+    return loss
 
 
 def _mixed_batches(
