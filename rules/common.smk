@@ -23,6 +23,7 @@ from powersampling.sources import (
     TOY_SOURCE,
     model_source,
     toy_settings,
+    weights_of,
 )
 from powersampling.studies import Run, active_studies
 
@@ -70,8 +71,8 @@ def models_with_source(kind):
     rule download_model)."""
     return [
         name
-        for name, model in config["models"].items()
-        if "truncation" not in model and model_source(config, name).kind == kind
+        for name in config["models"]
+        if weights_of(config, name) == name and model_source(config, name).kind == kind
     ]
 
 

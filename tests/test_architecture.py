@@ -7,6 +7,7 @@ inside functions too, the ones a lazy import would otherwise hide from a runtime
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,171 @@ def test_size_check_has_power(tmp_path):
     short = tmp_path / "short.py"
     short.write_text(f'def f():\n    """Doc.\n\n    More.\n    """\n\n    # why\n{body}\n')
     assert _long_functions(short) == []
+
+
+# --------------------------------------------------------------------------------------
+# Samplers and studies: nothing outside their own modules branches on their names, and a
+# registry string is an import like any other.
+
+ROOT = PACKAGE.parents[1]
+REGISTRY_STRING = re.compile(r"^(powersampling(?:\.\w+)+):\w+$")
+
+
+def _registry_names(module: str, registry: str) -> list[str]:
+    """The keys of a ``NAME: dict[str, str] = {...}`` registry, read with ast."""
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == registry:
+            return [key.value for key in node.value.keys]
+    raise AssertionError(f"no registry {registry} in {module}")
+
+
+SAMPLER_NAMES = _registry_names("powersampling.samplers", "SAMPLERS")
+STUDY_NAMES = _registry_names("powersampling.studies", "STUDIES")
+
+
+def _owns(module: str, name: str) -> bool:
+    """Whether ``module`` may speak of the sampler or study ``name``: its own modules (a
+    path component named after it), the registries, and samplers/ for sampler names."""
+    parts = module.split(".")
+    if name in parts or module in ("powersampling.samplers", "powersampling.studies"):
+        return True
+    return name in SAMPLER_NAMES and parts[:2] == ["powersampling", "samplers"]
+
+
+# An expression that reads which sampler a method uses or which studies a config runs.
+_SELECTORS = ("sampler", "studies", "SAMPLERS", "STUDIES")
+
+
+def _name_branches(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
+    """(line, name) wherever code compares with a sampler or study name: ``x == "power"``,
+    ``x in ("power", "smc")``, ``"dps" in config["studies"]``, ``studies.get("dps")``,
+    ``config["studies"]["dps"]``."""
+
+    def constants(node) -> list[str]:
+        if isinstance(node, ast.Constant) and node.value in names:
+            return [node.value]
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in names]
+        return []
+
+    def selects(node) -> bool:
+        return any(word in ast.unparse(node) for word in _SELECTORS)
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            for i, (op, right) in enumerate(zip(node.ops, node.comparators, strict=True)):
+                left = sides[i]
+                if isinstance(op, (ast.Eq, ast.NotEq)):
+                    found += [(node.lineno, n) for n in constants(left) + constants(right)]
+                elif isinstance(op, (ast.In, ast.NotIn)):
+                    found += [(node.lineno, n) for n in constants(right)]
+                    if selects(right):
+                        found += [(node.lineno, n) for n in constants(left)]
+        elif isinstance(node, ast.Subscript) and selects(node.value):
+            found += [(node.lineno, n) for n in constants(node.slice)]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and selects(node.func.value)
+            and node.args
+        ):
+            found += [(node.lineno, n) for n in constants(node.args[0])]
+    return found
+
+
+# Modules allowed to name samplers, and why.
+NAMES_ALLOWED = {
+    # The exact toy study compares samplers by construction: its table labels each row by
+    # the sampler that made it, and its figure draws each label in its own style.
+    "powersampling.toy.study_frontier",
+}
+
+
+def _foreign_name_branches(module: str, tree: ast.AST) -> list[str]:
+    names = set(SAMPLER_NAMES) | set(STUDY_NAMES)
+    if module in NAMES_ALLOWED:
+        return []
+    return [
+        f"{module} line {line}: branches on {name!r}"
+        for line, name in _name_branches(tree, names)
+        if not _owns(module, name)
+    ]
+
+
+# Rule files named after a study may name it; these must name none.
+GENERIC_RULE_FILES = ["Snakefile", *(f"rules/{n}.smk" for n in (
+    "common", "data", "models", "generate", "grade", "metrics", "plots", "report"))]  # fmt: skip
+
+
+def _quoted_names(text: str) -> list[str]:
+    names = sorted(set(SAMPLER_NAMES) | set(STUDY_NAMES))
+    alternatives = "|".join(map(re.escape, names))
+    return re.findall(rf"""["']({alternatives})["']""", text)
+
+
+def test_no_sampler_or_study_name_is_branched_on_outside_its_own_module():
+    problems = []
+    for name, path in MODULES.items():
+        problems += _foreign_name_branches(name, ast.parse(path.read_text()))
+    for rule_file in GENERIC_RULE_FILES:
+        problems += [
+            f"{rule_file}: names {n!r}" for n in _quoted_names((ROOT / rule_file).read_text())
+        ]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "expected"),
+    [
+        ("powersampling.generation", "if sampler.name == 'power':\n    pass\n", 1),
+        ("powersampling.memory.items", "x = sampler in ('power', 'smc')\n", 2),
+        ("powersampling.config", "if 'dps' in config['studies']:\n    pass\n", 1),
+        ("powersampling.config", "study = config['studies'].get('reliability')\n", 1),
+        ("powersampling.config", "study = config['studies']['logit_lens']\n", 1),
+        ("powersampling.samplers.dps", "ok = pool['sampler'] == 'power'\n", 0),
+        ("powersampling.studies.dps", "s = config['studies']['dps']\n", 0),
+        ("powersampling.config", "x = row['temperature']\n", 0),  # a column, not a branch
+    ],
+)
+def test_name_branch_check_has_power(module, source, expected):
+    assert len(_foreign_name_branches(module, ast.parse(source))) == expected
+
+
+def test_rule_file_check_has_power():
+    assert _quoted_names('study = config["studies"].get("dps")') == ["dps"]
+    assert _quoted_names('path = "results/tables/accuracy.parquet"') == []
+
+
+def _registry_edges(name: str) -> set[str]:
+    """Modules a module names in registry strings ("powersampling.x.y:Class")."""
+    targets = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            match = REGISTRY_STRING.match(node.value)
+            if match and match.group(1) in MODULES:
+                targets.add(match.group(1))
+    return targets
+
+
+def test_import_graph_with_registry_strings_has_no_cycle():
+    graph = {name: _imported_modules(name) | _registry_edges(name) for name in MODULES}
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import cycle (registry strings included): " + " → ".join(cycle)
+
+
+def test_registry_cycle_check_has_power(tmp_path, monkeypatch):
+    """A registry naming a module that imports the registry's package is a cycle."""
+    registry = tmp_path / "registry.py"
+    registry.write_text('THINGS: dict[str, str] = {"x": "powersampling.probe_x:X"}\n')
+    member = tmp_path / "member.py"
+    member.write_text("from powersampling.probe_registry import THINGS\n")
+    monkeypatch.setitem(MODULES, "powersampling.probe_registry", registry)
+    monkeypatch.setitem(MODULES, "powersampling.probe_x", member)
+    graph = {
+        name: _imported_modules(name) | _registry_edges(name)
+        for name in ("powersampling.probe_registry", "powersampling.probe_x")
+    }
+    assert _find_cycle(graph) is not None

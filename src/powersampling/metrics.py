@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from powersampling.errors import UserError
-from powersampling.samplers import method_params
+from powersampling.samplers import SAMPLERS, method_params, sampler_class
 from powersampling.seeding import derive_seed
 from powersampling.stats import bootstrap_ci, pass_at_k_array
 
@@ -108,8 +108,8 @@ def _method_fields(method: str, rows: pd.DataFrame, config: Mapping | None) -> d
     if sampler is None and "sampler" in rows.columns:
         sampler = _single_value(rows["sampler"])
     temperature = config.get("T", config.get("temperature"))
-    if temperature is None and sampler == "greedy":
-        temperature = 0.0
+    if temperature is None and sampler in SAMPLERS and sampler_class(sampler).DETERMINISTIC:
+        temperature = 0.0  # always the most likely token: the T -> 0 limit
     if temperature is None:
         temperature = _single_value(_column(rows, "temperature"))
     alpha = config.get("alpha")

@@ -132,16 +132,18 @@ def plot_accuracy_vs_temperature(table: pd.DataFrame, path) -> None:
     colours = palette(sorted(table["model"].unique()))
     fig, axes = panel_figure(len(tasks))
     styles = ["--", ":", "-.", (0, (5, 1)), (0, (1, 3))]
+    swept, deterministic = _temperature_roles(table["sampler"])
     for ax, task in zip(axes, tasks, strict=True):
         rows = table[table["task"] == task]
         for model, colour in colours.items():
             sub = rows[rows["model"] == model]
-            temp = sub[sub["sampler"] == "temperature"].sort_values("temperature")
+            temp = sub[sub["sampler"].isin(swept)].sort_values("temperature")
             if len(temp):
                 t = temp["temperature"].to_numpy(dtype=float)
-                ax.plot(t, temp["accuracy"], "o-", color=colour, label=f"{model}: temperature")
+                label = f"{model}: {', '.join(sorted(swept))}"
+                ax.plot(t, temp["accuracy"], "o-", color=colour, label=label)
                 ax.fill_between(t, temp["ci_low"], temp["ci_high"], color=colour, alpha=0.2)
-            for _, row in sub[sub["sampler"] == "greedy"].iterrows():
+            for _, row in sub[sub["sampler"].isin(deterministic)].iterrows():
                 yerr = [[row.accuracy - row.ci_low], [row.ci_high - row.accuracy]]
                 ax.errorbar(
                     0.0,
@@ -150,9 +152,9 @@ def plot_accuracy_vs_temperature(table: pd.DataFrame, path) -> None:
                     fmt="s",
                     color=colour,
                     capsize=3,
-                    label=f"{model}: greedy",
+                    label=f"{model}: {row.sampler}",
                 )
-            others = sub[~sub["sampler"].isin(["temperature", "greedy"])]
+            others = sub[~sub["sampler"].isin(swept | deterministic)]
             for i, (_, row) in enumerate(others.iterrows()):
                 alpha = "" if pd.isna(row.alpha) else f", α={row.alpha:g}"
                 ax.axhline(
@@ -166,6 +168,18 @@ def plot_accuracy_vs_temperature(table: pd.DataFrame, path) -> None:
         ax.set_ylabel("accuracy")
     figure_legend(fig, axes)
     save_figure(fig, path)
+
+
+def _temperature_roles(samplers: pd.Series) -> tuple[set[str], set[str]]:
+    """The samplers that take a temperature ``T`` (a line along T) and the deterministic
+    ones (a point at T = 0), as their classes declare them."""
+    from powersampling.samplers import SAMPLERS, sampler_class
+
+    known = [sampler_class(s) for s in samplers.dropna().unique() if s in SAMPLERS]
+    return (
+        {c.name for c in known if "T" in c.PARAMS},
+        {c.name for c in known if c.DETERMINISTIC},
+    )
 
 
 def plot_acceptance_by_block(acc_table: pd.DataFrame, path) -> None:
