@@ -1,16 +1,15 @@
 """The power sampler is exact: its answers follow the exactly enumerated distribution.
 
 Toy model: a random Qwen2 with vocabulary {0, 1, EOS=2}, answers of at most 4 tokens
-(31 answers). Thousands of independent chains run in one batch; a G-test compares their
-final answers with the exact distribution (rare cells pooled to expected counts >= 5).
-False-alarm rate: a test rejects at p < 1e-3; seeds are fixed, so results are
-deterministic. Power: the same test rejects token-level temperature-1/α sampling.
+(31 answers; tests/tiny_qwen.py). Thousands of independent chains run in one batch; a
+G-test compares their final answers with the exact distribution (rare cells pooled to
+expected counts >= 5). False-alarm rate: a test rejects at p < 1e-3; seeds are fixed, so
+results are deterministic. Power: the same test rejects token-level temperature-1/α sampling.
 """
 
 import numpy as np
-import pytest
+from tiny_qwen import ALPHA, CAP, EOS, N_CHAINS, PROMPT, REJECT
 
-from powersampling.engine import DecodingEngine
 from powersampling.samplers.power import PowerSampler
 from powersampling.seeding import torch_generator
 from powersampling.toy.enumerate import (
@@ -18,32 +17,9 @@ from powersampling.toy.enumerate import (
     goodness_of_fit,
     power_distribution,
     proposal_distribution,
-    random_tiny_model,
     sampler_distribution,
     total_variation,
 )
-
-REJECT = 1e-3  # false-alarm rate of every G-test here
-PROMPT = [0, 1]
-EOS = 2
-CAP = 4
-ALPHA = 2.0
-N_CHAINS = 2000
-
-
-@pytest.fixture(scope="module")
-def model():
-    return random_tiny_model(3, seed=4, init_std=0.25)
-
-
-@pytest.fixture(scope="module")
-def engine(model):
-    return DecodingEngine(model, eos_token_ids=[EOS], pad_token_id=EOS)
-
-
-@pytest.fixture(scope="module")
-def support(model):
-    return enumerate_answers(model, PROMPT, [EOS], CAP, proposal_temperature=1 / ALPHA)
 
 
 def counts_of(outputs, support) -> np.ndarray:

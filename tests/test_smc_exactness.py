@@ -1,6 +1,6 @@
 """SMC power sampling is exact in the limit and its Ẑ is unbiased: checks by enumeration.
 
-Toy model: the random Qwen2 of test_power_exactness (vocabulary {0, 1, EOS=2}, answers of
+Toy model: the random Qwen2 of tests/tiny_qwen.py (vocabulary {0, 1, EOS=2}, answers of
 at most 4 tokens: 31 answers). Every test runs M independent SMC runs of one prompt in one
 batch, with fixed seeds (so results are deterministic).
 
@@ -17,40 +17,19 @@ batch, with fixed seeds (so results are deterministic).
 
 import numpy as np
 import pytest
+from tiny_qwen import ALPHA, CAP, EOS, PROMPT, REJECT
 
-from powersampling.engine import DecodingEngine
 from powersampling.samplers.smc import SMCSampler
 from powersampling.toy.enumerate import (
     enumerate_answers,
     goodness_of_fit,
     power_distribution,
     proposal_distribution,
-    random_tiny_model,
     total_variation,
 )
 
-REJECT = 1e-3  # false-alarm rate of every G-test here
-PROMPT = [0, 1]
-EOS = 2
-CAP = 4
-ALPHA = 2.0
 RUNS = 2000
 BOOTSTRAP = 200
-
-
-@pytest.fixture(scope="module")
-def model():
-    return random_tiny_model(3, seed=4, init_std=0.25)
-
-
-@pytest.fixture(scope="module")
-def engine(model):
-    return DecodingEngine(model, eos_token_ids=[EOS], pad_token_id=EOS)
-
-
-@pytest.fixture(scope="module")
-def support(model):
-    return enumerate_answers(model, PROMPT, [EOS], CAP, proposal_temperature=1 / ALPHA)
 
 
 def run(engine, seed: int, runs: int = RUNS, **params):

@@ -1,8 +1,8 @@
 """The compute-frontier study: exact expected cost of the MH sampler, and the frontier table.
 
-Toy model: a random Qwen2 with vocabulary {0, 1, EOS=2}, answers of at most 4 tokens
-(31 answers), as in tests/test_power_exactness.py. Seeds are fixed, so the statistical
-checks (at about 4 standard errors) are deterministic.
+Toy model: the random Qwen2 of tests/tiny_qwen.py (vocabulary {0, 1, EOS=2}, answers of at
+most 4 tokens: 31 answers), as in tests/test_power_exactness.py. Seeds are fixed, so the
+statistical checks (at about 4 standard errors) are deterministic.
 """
 
 from pathlib import Path
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_qwen import CAP, EOS, N_CHAINS, PROMPT
 
 from powersampling import pipeline
-from powersampling.engine import DecodingEngine
 from powersampling.samplers.power import PowerSampler
 from powersampling.toy import studies
 from powersampling.toy.enumerate import (
@@ -25,20 +25,6 @@ from powersampling.toy.enumerate import (
     sampler_distribution,
     total_variation,
 )
-
-PROMPT, EOS, CAP = [0, 1], 2, 4
-N_CHAINS = 2000
-
-
-@pytest.fixture(scope="module")
-def model():
-    return random_tiny_model(3, seed=4, init_std=0.25)
-
-
-@pytest.fixture(scope="module")
-def engine(model):
-    return DecodingEngine(model, eos_token_ids=[EOS], pad_token_id=EOS)
-
 
 # ------------------------------------------------------------ exact cost of the MH sampler
 
