@@ -30,10 +30,14 @@ include: "rules/generate.smk"
 include: "rules/grade.smk"
 include: "rules/metrics.smk"
 include: "rules/plots.smk"
-include: "rules/studies.smk"
-include: "rules/interp.smk"
-include: "rules/dps.smk"
-include: "rules/reliability.smk"
+
+
+# Each study's rules (powersampling.studies.STUDIES names the file of each).
+for rule_file in study_rule_files():
+
+    include: rule_file
+
+
 include: "rules/report.smk"
 
 

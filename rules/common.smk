@@ -25,7 +25,7 @@ from powersampling.sources import (
     toy_settings,
     weights_of,
 )
-from powersampling.studies import Run, active_studies
+from powersampling.studies import Run, active_studies, study_rule_files
 
 # A bad config stops here, before any job runs, with one line per problem.
 try:
@@ -96,7 +96,8 @@ def shard_paths(stage, runs=None):
 
 def model_inputs(wildcards):
     """The model folder a job reads when the workflow makes it: built (toy, rehearsal) or
-    staged from the hub (download_model); a local folder named in the config is no input."""
+    staged from the hub (download_model); a local folder named in the config is no input.
+    """
     source = model_source(config, wildcards.model)
     return {} if source.kind == "local" else {"model": source.folder}
 
@@ -169,7 +170,11 @@ def all_outputs():
         "results/tables/accuracy.parquet",
         "results/tables/pass_at_k.parquet",
         *figure_paths(),
-        *(path for study in active_studies(config, RUNS) for path in study.outputs(config)),
+        *(
+            path
+            for study in active_studies(config, RUNS)
+            for path in study.outputs(config)
+        ),
         "results/config.yaml",
     ]
 

@@ -2,7 +2,6 @@
 calibration and failures per setting, over the graded shards of studies.reliability."""
 
 
-
 def reliability_shards():
     """The graded shards of the reliability study's tasks, models and settings."""
     study = config["studies"].get("reliability")

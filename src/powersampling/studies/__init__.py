@@ -24,6 +24,7 @@ __all__ = [
     "all_studies",
     "get_study",
     "planned_runs",
+    "study_rule_files",
     "study_schemas",
 ]
 
@@ -68,6 +69,11 @@ def active_studies(config: dict[str, Any], runs: list[Run] | None = None) -> lis
     computed when not given)."""
     runs = planned_runs(config) if runs is None else runs
     return [study for study in all_studies() if study.present(config, runs)]
+
+
+def study_rule_files() -> list[str]:
+    """The rule files of every registered study (a file may serve several), in order."""
+    return list(dict.fromkeys(study.RULES for study in all_studies()))
 
 
 def study_schemas() -> dict[str, Any]:

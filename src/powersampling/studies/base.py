@@ -12,8 +12,9 @@ study; none of them names it. A study owns:
 - :meth:`Study.outputs`: the files the workflow's ``all`` target needs from it;
 - ``EXPANDS_TRUNCATIONS``: whether its section's ``models`` may name a truncation sweep.
 
-Its rules live in ``rules/<file>.smk``, its figures in :data:`powersampling.plots.FIGURES`
-(``study=<name>``).
+- ``RULES``: the rule file with its rules (the Snakefile includes every study's).
+
+Its figures are entries of :data:`powersampling.plots.FIGURES` with ``study=<name>``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Study:
 
     name: ClassVar[str]
     SCHEMA: ClassVar[dict[str, Any] | None] = None
+    RULES: ClassVar[str]  # e.g. "rules/dps.smk"
     EXPANDS_TRUNCATIONS: ClassVar[bool] = False
 
     def present(self, config: dict[str, Any], runs: list[Run]) -> bool:

@@ -98,6 +98,7 @@ SCHEMA = yaml.safe_load(
 
 class DpsStudy(Study):
     name = "dps"
+    RULES = "rules/dps.smk"
     SCHEMA = SCHEMA
 
     def check(self, config: dict[str, Any]) -> list[str]:

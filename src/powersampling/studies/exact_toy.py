@@ -71,6 +71,7 @@ SCHEMA = yaml.safe_load(
 
 class ExactToyStudy(Study):
     name = "exact_toy"
+    RULES = "rules/studies.smk"
     SCHEMA = SCHEMA
 
     def outputs(self, config: dict[str, Any]) -> list[str]:

@@ -41,6 +41,7 @@ SCHEMA = yaml.safe_load(
 
 class LogitLensStudy(Study):
     name = "logit_lens"
+    RULES = "rules/interp.smk"
     SCHEMA = SCHEMA
     EXPANDS_TRUNCATIONS = True
 

@@ -39,6 +39,7 @@ SCHEMA = yaml.safe_load(
 
 class PatchingStudy(Study):
     name = "patching"
+    RULES = "rules/interp.smk"
     SCHEMA = SCHEMA
     EXPANDS_TRUNCATIONS = True
 

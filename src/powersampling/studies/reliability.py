@@ -40,6 +40,7 @@ SCHEMA = yaml.safe_load(
 
 class ReliabilityStudy(Study):
     name = "reliability"
+    RULES = "rules/reliability.smk"
     SCHEMA = SCHEMA
 
     def check(self, config: dict[str, Any]) -> list[str]:

@@ -14,6 +14,7 @@ from powersampling.studies.base import Run, Study
 
 class TruncationStudy(Study):
     name = "truncation"
+    RULES = "rules/interp.smk"
 
     def present(self, config: dict[str, Any], runs: list[Run]) -> bool:
         return any("truncation" in config["models"][run.model] for run in runs)
