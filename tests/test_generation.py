@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -152,15 +154,38 @@ def job_inputs(tmp_path_factory):
 
 def run_job(job_inputs, tmp_path, generation, log, seeds=(0,)):
     from powersampling.stages.generate import generate
+    from powersampling.stages.shards import ShardJob
 
     root, task = job_inputs
-    return generate(
+    job = ShardJob(
         data_path=root / "sums.parquet", model_name="m", model={"source": "toy"},
-        model_dir=str(root / "m"), task_name="sums", task=task, task_seed=0,
-        method_name="power", method={"sampler": "power", "max_new_tokens": 4, "block_size": 2},
-        seeds=list(seeds), shard=0, rows=(0, 4), generation=generation, device="cpu",
-        threads=1, out_path=tmp_path / "out.parquet", log=log,
+        model_dir=str(root / "m"), task_name="sums", task=task, task_seed=0, rows=(0, 4),
+        device="cpu", threads=1, shard=0,
     )  # fmt: skip
+    return generate(
+        job, method_name="power",
+        method={"sampler": "power", "max_new_tokens": 4, "block_size": 2}, seeds=list(seeds),
+        generation=generation, out_path=tmp_path / "out.parquet", log=log,
+    )  # fmt: skip
+
+
+def test_a_shard_job_reads_its_rows_and_prompts_and_names_an_empty_shard(job_inputs):
+    from powersampling.stages.shards import ShardJob
+
+    root, task = job_inputs
+    job = ShardJob(
+        data_path=root / "sums.parquet", model_name="m", model={"source": "toy"},
+        model_dir=str(root / "m"), task_name="sums", task=task, task_seed=0, rows=(1, 3),
+        device="cpu", threads=1,
+    )  # fmt: skip
+    inputs = job.read_inputs()
+    assert [row["problem_id"] for row in inputs.rows] == list(inputs.problems["problem_id"])
+    assert len(inputs.rows) == len(inputs.prompts) == len(inputs.prompt_ids) == 2
+    assert job.source == str(root / "m")
+    with pytest.raises(UserError, match=r"^task sums has no problems \(rows 4-4\)"):
+        dataclasses.replace(job, rows=(4, 4)).read_inputs()
+    with pytest.raises(UserError, match=r"^shard 2 of task sums has no problems"):
+        dataclasses.replace(job, rows=(4, 4), shard=2).read_inputs()
 
 
 def test_the_job_prints_its_memory_plan_and_decodes_the_batch_it_allows(job_inputs, tmp_path):

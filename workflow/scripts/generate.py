@@ -6,6 +6,8 @@ import os
 # reaches for the hub, which may be slow, rate-limited or unreachable from there.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from shard_job import shard_job
+
 from powersampling.logs import job_log
 from powersampling.stages.generate import generate
 
@@ -20,21 +22,11 @@ if dps is not None:
 
 with job_log(snakemake.log[0]) as log:
     generate(
-        data_path=snakemake.input.data,
-        model_name=snakemake.wildcards.model,
-        model=snakemake.params.model,
-        model_dir=snakemake.input.get("model"),
-        task_name=snakemake.wildcards.task,
-        task=snakemake.params.task,
-        task_seed=snakemake.params.task_seed,
+        shard_job(snakemake, shard=int(snakemake.wildcards.shard)),
         method_name=snakemake.wildcards.method,
         method=snakemake.params.method,
         seeds=snakemake.params.seeds,
-        shard=int(snakemake.wildcards.shard),
-        rows=snakemake.params.rows,
         generation=snakemake.params.generation,
-        device=snakemake.params.device,
-        threads=snakemake.threads,
         out_path=snakemake.output[0],
         dps=dps,
         log=log.info,

@@ -12,23 +12,14 @@ import pandas as pd
 from powersampling import io
 from powersampling.stages.common import Log, no_log
 from powersampling.stages.html import dps_html
-from powersampling.stages.shards import load_shard_model, shard_inputs
+from powersampling.stages.shards import ShardJob
 
 
 def question_embeddings(
+    job: ShardJob,
     *,
-    data_path,
-    model_name: str,
-    model: dict[str, Any],
-    model_dir: str | None,
-    task_name: str,
-    task: dict[str, Any],
-    task_seed: int,
-    rows: tuple[int, int],
     layer: int | None,
     batch_size: int,
-    device: str,
-    threads: int,
     out_path,
     log: Log = no_log,
 ) -> pd.DataFrame:
@@ -36,17 +27,20 @@ def question_embeddings(
     problem with ``layer`` and ``embedding`` (float32 list)."""
     from powersampling.dps.embeddings import question_embeddings as embed
 
-    _, _, shard, prompt_ids, source, tokenizer = shard_inputs(
-        model, model_dir, task_name, task, task_seed, data_path, rows, threads
-    )
-    lm, tokenizer = load_shard_model(model, source, device, tokenizer, log)
+    inputs = job.read_inputs()
+    lm, tokenizer = job.load_model(inputs.tokenizer, log)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     vectors, layer = embed(
-        lm, prompt_ids, layer=layer, batch_size=batch_size, pad_token_id=pad, name=model_name
+        lm,
+        inputs.prompt_ids,
+        layer=layer,
+        batch_size=batch_size,
+        pad_token_id=pad,
+        name=job.model_name,
     )
     frame = pd.DataFrame(
         {
-            "problem_id": [str(row["problem_id"]) for row in shard],
+            "problem_id": [str(row["problem_id"]) for row in inputs.rows],
             "layer": layer,
             "embedding": list(vectors),
         }

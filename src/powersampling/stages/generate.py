@@ -12,26 +12,16 @@ import pandas as pd
 from powersampling import io
 from powersampling.errors import UserError
 from powersampling.stages.common import Log, no_log
-from powersampling.stages.shards import load_shard_model, shard_inputs
+from powersampling.stages.shards import ShardJob
 
 
 def generate(
+    job: ShardJob,
     *,
-    data_path,
-    model_name: str,
-    model: dict[str, Any],
-    model_dir: str | None,
-    task_name: str,
-    task: dict[str, Any],
-    task_seed: int,
     method_name: str,
     method: dict[str, Any],
     seeds: Sequence[int],
-    shard: int,
-    rows: tuple[int, int],
     generation: dict[str, Any],
-    device: str,
-    threads: int,
     out_path,
     dps: dict[str, Any] | None = None,
     log: Log = no_log,
@@ -59,13 +49,9 @@ def generate(
         resolve_device,
     )
     from powersampling.samplers import method_params
-    from powersampling.tasks.prompts import uses_chat_template
 
-    task_obj, problems, shard_rows, prompt_ids, source, tokenizer = shard_inputs(
-        model, model_dir, task_name, task, task_seed, data_path, rows, threads, shard=shard
-    )
-    chat_template = uses_chat_template(model.get("chat_template", False), task_name)
-    instruct = bool(model.get("instruct", False))
+    inputs = job.read_inputs()
+    problems, shard_rows, prompt_ids = inputs.problems, inputs.rows, inputs.prompt_ids
     setup, plan_method = None, method
     if method["sampler"] == "dps":
         setup, learnt = _dps_setup(dps, log)
@@ -84,35 +70,37 @@ def generate(
         shard_rows,
         prompt_ids,
         max_new_tokens,
-        load_context_length(source, local_files_only=True),
-        task_name=task_name,
-        model_name=model_name,
+        load_context_length(job.source, local_files_only=True),
+        task_name=job.task_name,
+        model_name=job.model_name,
     )
     n_cut = sum(b is not None and b < max_new_tokens for b in budgets)
     if n_cut:
         log(
             f"{n_cut} of {len(budgets)} prompts leave less than {max_new_tokens} new tokens "
-            f"in {model_name}'s context: those rows get the budget that fits (token_budget)"
+            f"in {job.model_name}'s context: those rows get the budget that fits (token_budget)"
         )
-    dtype = model.get("dtype", "auto")
+    dtype = job.model.get("dtype", "auto")
     plan = plan_generation(
-        source,
+        job.source,
         plan_method,
         prompt_ids,
         generation.get("batch_size", 32),
         dtype=dtype,
-        device=resolve_device(device),
+        device=resolve_device(job.device),
         device_bytes=_gib_to_bytes(generation.get("device_memory_gib")),
-        name=f"{model_name} / {method_name}",
-        quantization=model.get("quantization"),
+        name=f"{job.model_name} / {method_name}",
+        quantization=job.model.get("quantization"),
     )
     log(plan.describe())
-    log(f"loading model {model_name} from {source}")
+    log(f"loading model {job.model_name} from {job.source}")
     began = time.perf_counter()
-    lm, tokenizer = load_shard_model(model, source, device, tokenizer, log)
+    lm, tokenizer = job.load_model(inputs.tokenizer, log)
     log(f"model loaded on {lm.device} in {time.perf_counter() - began:.1f} s")
     if not seeds:
-        raise UserError(f"no seeds to generate for {task_name} / {model_name} / {method_name}")
+        raise UserError(
+            f"no seeds to generate for {job.task_name} / {job.model_name} / {method_name}"
+        )
     frames = []
     for seed in seeds:
         log(f"seed {seed}")
@@ -120,17 +108,17 @@ def generate(
             generate_shard(
                 lm,
                 tokenizer,
-                task_obj,
+                inputs.task,
                 problems,
-                task_name=task_name,
-                model_name=model_name,
+                task_name=job.task_name,
+                model_name=job.model_name,
                 method_name=method_name,
                 method=method,
                 seed=int(seed),
-                shard=shard,
+                shard=job.shard,
                 batch_size=plan.batch,
-                chat_template=chat_template,
-                instruct=instruct,
+                chat_template=job.chat_template,
+                instruct=job.instruct,
                 kv_store=plan.chain_store or "device",
                 dps=setup,
                 # A dps call runs up to k_start chains per prompt: as many chains as the plan's

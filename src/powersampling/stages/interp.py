@@ -13,24 +13,15 @@ import pandas as pd
 from powersampling import io
 from powersampling.errors import UserError
 from powersampling.stages.common import Log, no_log, row_difficulty
-from powersampling.stages.shards import load_shard_model, shard_inputs
+from powersampling.stages.shards import ShardJob
 from powersampling.tasks import get_task
 
 
 def logit_lens_shard(
+    job: ShardJob,
     *,
-    data_path,
-    model_name: str,
-    model: dict[str, Any],
-    model_dir: str | None,
-    task_name: str,
-    task: dict[str, Any],
-    task_seed: int,
-    rows: tuple[int, int],
     max_new_tokens: int,
     batch_size: int,
-    device: str,
-    threads: int,
     out_path,
     log: Log = no_log,
 ) -> pd.DataFrame:
@@ -44,55 +35,44 @@ def logit_lens_shard(
     from powersampling.samplers import get_sampler
     from powersampling.seeding import torch_generator
 
-    task_obj, _, shard, prompt_ids, source, tokenizer = shard_inputs(
-        model, model_dir, task_name, task, task_seed, data_path, rows, threads
-    )
-    lm, tokenizer = load_shard_model(model, source, device, tokenizer, log)
+    inputs = job.read_inputs()
+    lm, tokenizer = job.load_model(inputs.tokenizer, log)
     engine = DecodingEngine(
         lm, eos_token_ids(lm, tokenizer), tokenizer.pad_token_id, max_batch_size=batch_size
     )
     greedy = get_sampler({"sampler": "greedy", "max_new_tokens": max_new_tokens}, engine)
-    answers = greedy.sample(prompt_ids, torch_generator(0, lm.device))  # deterministic
+    answers = greedy.sample(inputs.prompt_ids, torch_generator(0, lm.device))  # deterministic
     log(f"answered {len(answers)} prompts greedily")
     completions = [tokenizer.decode(a["completion_ids"], skip_special_tokens=True) for a in answers]
-    grades = task_obj.grade_many(completions, shard)
+    grades = inputs.task.grade_many(completions, inputs.rows)
     lens = logit_lens(
         lm,
-        [p + a["completion_ids"] for p, a in zip(prompt_ids, answers, strict=True)],
-        [len(p) for p in prompt_ids],
+        [p + a["completion_ids"] for p, a in zip(inputs.prompt_ids, answers, strict=True)],
+        [len(p) for p in inputs.prompt_ids],
         batch_size=batch_size,
         pad_token_id=tokenizer.pad_token_id,
-        name=model_name,
+        name=job.model_name,
     )
     per_row = pd.DataFrame(
         {
-            "problem_id": [row["problem_id"] for row in shard],
-            "difficulty": [row_difficulty(row) for row in shard],
+            "problem_id": [row["problem_id"] for row in inputs.rows],
+            "difficulty": [row_difficulty(row) for row in inputs.rows],
             "correct": [g.correct for g in grades],
             "n_answer_tokens": [len(a["completion_ids"]) for a in answers],
         }
     )
     frame = per_row.iloc[lens["row"]].reset_index(drop=True).join(lens.drop(columns="row"))
-    frame.insert(0, "model", model_name)
-    frame.insert(0, "task", task_name)
+    frame.insert(0, "model", job.model_name)
+    frame.insert(0, "task", job.task_name)
     io.write_parquet(frame, out_path)
     log(f"wrote {len(frame)} rows ({lens['layer'].nunique()} layers) to {out_path}")
     return frame
 
 
 def patching_shard(
+    job: ShardJob,
     *,
-    data_path,
-    model_name: str,
-    model: dict[str, Any],
-    model_dir: str | None,
-    task_name: str,
-    task: dict[str, Any],
-    task_seed: int,
-    rows: tuple[int, int],
     max_batch: int,
-    device: str,
-    threads: int,
     out_path,
     counts_path,
     log: Log = no_log,
@@ -105,21 +85,21 @@ def patching_shard(
     itself); the pairs task's own drops are added by :func:`collect_patching`."""
     from powersampling.interp.patching import patch_pairs
 
-    task_obj, problems, shard, prompt_ids, source, tokenizer = shard_inputs(
-        model, model_dir, task_name, task, task_seed, data_path, rows, threads
-    )
-    if task_obj.kind != "pairs":
-        raise UserError(f"activation patching needs a pairs task; {task_name} is {task_obj.kind}")
-    worked = task_obj.prompt_style == "worked" and "solution" in problems
-    answer_text = [row["solution"] if worked else row["answer"] for row in shard]
+    inputs = job.read_inputs()
+    task, problems, rows, prompt_ids = inputs.task, inputs.problems, inputs.rows, inputs.prompt_ids
+    tokenizer = inputs.tokenizer
+    if task.kind != "pairs":
+        raise UserError(f"activation patching needs a pairs task; {job.task_name} is {task.kind}")
+    worked = task.prompt_style == "worked" and "solution" in problems
+    answer_text = [row["solution"] if worked else row["answer"] for row in rows]
     answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
     by_pair: dict[str, dict[str, int]] = {}
-    for i, row in enumerate(shard):
+    for i, row in enumerate(rows):
         by_pair.setdefault(row["pair_id"], {})[row["variant"]] = i
     pairs, counts = [], {"pairs": 0, "different_lengths": 0, "same_first_answer_token": 0}
     for pair_id, index in by_pair.items():
         if set(index) != {"clean", "corrupted"}:
-            raise UserError(f"{task_name}: pair {pair_id} is split across shards; make "
+            raise UserError(f"{job.task_name}: pair {pair_id} is split across shards; make "
                             "shard_size even")  # fmt: skip
         clean, corrupted = index["clean"], index["corrupted"]
         counts["pairs"] += 1
@@ -139,12 +119,12 @@ def patching_shard(
             )
     counts["used"] = len(pairs)
     log(f"{counts}")
-    lm, tokenizer = load_shard_model(model, source, device, tokenizer, log)
-    frame = patch_pairs(lm, pairs, max_batch=max_batch, name=model_name)
+    lm, _ = job.load_model(tokenizer, log)
+    frame = patch_pairs(lm, pairs, max_batch=max_batch, name=job.model_name)
     info = problems.drop_duplicates("pair_id").set_index("pair_id")
     frame["difficulty"] = frame["pair_id"].map(info["difficulty"]) if "difficulty" in info else None
-    frame.insert(0, "model", model_name)
-    frame.insert(0, "task", task_name)
+    frame.insert(0, "model", job.model_name)
+    frame.insert(0, "task", job.task_name)
     io.write_parquet(frame, out_path)
     io.write_atomic(counts_path, lambda tmp: tmp.write_text(json.dumps(counts, indent=2) + "\n"))
     log(f"wrote {len(frame)} rows ({len(pairs)} pairs) to {out_path}")
