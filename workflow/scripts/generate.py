@@ -11,15 +11,6 @@ from shard_job import shard_job
 from powersampling.logs import job_log
 from powersampling.stages.generate import generate
 
-# A dps method's controller and question embeddings (see rules/common.smk).
-dps = snakemake.params.dps
-if dps is not None:
-    dps = {
-        **dps,
-        "controller": snakemake.input.controller,
-        "embeddings": snakemake.input.get("embeddings"),
-    }
-
 with job_log(snakemake.log[0]) as log:
     generate(
         shard_job(snakemake, shard=int(snakemake.wildcards.shard)),
@@ -28,6 +19,8 @@ with job_log(snakemake.log[0]) as log:
         seeds=snakemake.params.seeds,
         generation=snakemake.params.generation,
         out_path=snakemake.output[0],
-        dps=dps,
+        # What the method's sampler reads besides prompts (see rules/common.smk).
+        sampler_files={name: snakemake.input[name] for name in snakemake.params.sampler_files},
+        sampler_settings=snakemake.params.sampler_settings,
         log=log.info,
     )
