@@ -25,7 +25,7 @@ from powersampling.sources import (
     toy_settings,
     weights_of,
 )
-from powersampling.studies import Run, active_studies, study_rule_files
+from powersampling.studies import Run, active_studies, get_study, study_rule_files
 
 # A bad config stops here, before any job runs, with one line per problem.
 try:

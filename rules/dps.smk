@@ -7,62 +7,7 @@ on the training questions, and every stopping rule replayed on the held-out ones
 exactly the shards of the dps methods that use it.
 """
 
-
-def dps_pairs():
-    """(task, model) of the DPS study: one pool, set of controllers and replay each."""
-    study = config["studies"].get("dps")
-    if study is None:
-        return []
-    return [(task, model) for task in study["tasks"] for model in study["models"]]
-
-
-def dps_pool_shards(task, model):
-    """The graded shards of the study's pool on one task and model."""
-    study = config["studies"]["dps"]
-    return shard_paths(
-        "graded", [Run(task, model, study["pool"], s) for s in range(study["k_max"])]
-    )
-
-
-def dps_embeddings_input(task, model, controller=None):
-    """The question embeddings, for whatever reads them: mlp_hq (or, with no controller
-    named, the evaluation of a study that trains mlp_hq)."""
-    study = config["studies"]["dps"]
-    needed = controller == "mlp_hq" if controller else "mlp_hq" in study["controllers"]
-    if not needed:
-        return {}
-    return {"embeddings": f"results/dps/{task}/{model}/question_embeddings.parquet"}
-
-
-def dps_controller_files(task, model):
-    return {
-        name: f"results/dps/{task}/{model}/controllers/{name}.pkl"
-        for name in config["studies"]["dps"]["controllers"]
-    }
-
-
-def dps_evaluation_files(task, model):
-    folder = f"results/dps/{task}/{model}/evaluation"
-    return {
-        name: f"{folder}/{name}.parquet"
-        for name in ("replay", "summary", "quality", "calibration", "importance")
-    }
-
-
-def dps_runs():
-    """The runs of dps methods (they answer the held-out questions for real)."""
-    return [run for run in RUNS if config["methods"][run.method]["sampler"] == "dps"]
-
-
-def dps_online_taus(task, model):
-    """Per controller, the tau of the dps methods that run on this task and model: the
-    replay adds them to its sweep, to compare the real runs with it."""
-    taus = {}
-    for run in dps_runs():
-        if (run.task, run.model) == (task, model):
-            method = config["methods"][run.method]
-            taus.setdefault(method["controller"], []).append(method["tau"])
-    return taus
+DPS = get_study("dps")
 
 
 rule question_embeddings:
@@ -95,7 +40,9 @@ rule question_embeddings:
 
 rule dps_pool:
     input:
-        lambda wildcards: dps_pool_shards(wildcards.task, wildcards.model),
+        lambda wildcards: shard_paths(
+            "graded", DPS.pool_runs(config, wildcards.task, wildcards.model)
+        ),
     output:
         "results/dps/{task}/{model}/pool.parquet",
     log:
@@ -112,8 +59,8 @@ rule dps_pool:
 rule train_controller:
     input:
         unpack(
-            lambda wildcards: dps_embeddings_input(
-                wildcards.task, wildcards.model, wildcards.controller
+            lambda wildcards: DPS.embeddings_input(
+                config, wildcards.task, wildcards.model, wildcards.controller
             )
         ),
         pool="results/dps/{task}/{model}/pool.parquet",
@@ -136,11 +83,15 @@ rule train_controller:
 
 rule evaluate_dps:
     input:
-        unpack(lambda wildcards: dps_embeddings_input(wildcards.task, wildcards.model)),
+        unpack(
+            lambda wildcards: DPS.embeddings_input(
+                config, wildcards.task, wildcards.model
+            )
+        ),
         pool="results/dps/{task}/{model}/pool.parquet",
         # In the order of studies.dps.controllers.
         controllers=lambda wildcards: list(
-            dps_controller_files(wildcards.task, wildcards.model).values()
+            DPS.controller_files(config, wildcards.task, wildcards.model).values()
         ),
     output:
         replay="results/dps/{task}/{model}/evaluation/replay.parquet",
@@ -154,7 +105,9 @@ rule evaluate_dps:
         "../environment.yml"
     params:
         study=config["studies"].get("dps"),
-        online_taus=lambda wildcards: dps_online_taus(wildcards.task, wildcards.model),
+        online_taus=lambda wildcards: DPS.online_taus(
+            config, RUNS, wildcards.task, wildcards.model
+        ),
         report=config["report"],
         seed=config["seed"],
     script:
@@ -165,10 +118,10 @@ rule collect_dps:
     input:
         evaluations=[
             path
-            for task, model in dps_pairs()
-            for path in dps_evaluation_files(task, model).values()
+            for task, model in DPS.pairs(config)
+            for path in DPS.evaluation_files(task, model).values()
         ],
-        online=shard_paths("graded", dps_runs()),
+        online=shard_paths("graded", DPS.online_runs(config, RUNS)),
     output:
         dps="results/tables/dps.parquet",
         sweep="results/tables/dps_sweep.parquet",
@@ -187,8 +140,8 @@ rule collect_dps:
         "../environment.yml"
     params:
         evaluations={
-            f"{task}/{model}": dps_evaluation_files(task, model)
-            for task, model in dps_pairs()
+            f"{task}/{model}": DPS.evaluation_files(task, model)
+            for task, model in DPS.pairs(config)
         },
         methods=config["methods"],
         study=config["studies"].get("dps"),

@@ -2,26 +2,9 @@
 calibration and failures per setting, over the graded shards of studies.reliability."""
 
 
-def reliability_shards():
-    """The graded shards of the reliability study's tasks, models and settings."""
-    study = config["studies"].get("reliability")
-    if study is None:
-        return []
-    return shard_paths(
-        "graded",
-        [
-            run
-            for run in RUNS
-            if run.task in study["tasks"]
-            and run.model in study["models"]
-            and run.method in study["methods"]
-        ],
-    )
-
-
 rule collect_reliability:
     input:
-        reliability_shards(),
+        shard_paths("graded", get_study("reliability").graded_runs(config, RUNS)),
     output:
         reliability="results/tables/reliability.parquet",
         reliability_bins="results/tables/reliability_bins.parquet",

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from powersampling.dps import controller_file, embeddings_file
 from powersampling.samplers.dps import check_pool
 from powersampling.studies.base import Run, Study, base_model, undefined_names
 
@@ -133,3 +134,54 @@ class DpsStudy(Study):
 
     def outputs(self, config: dict[str, Any]) -> list[str]:
         return ["results/tables/dps.html"]
+
+    # ------------------------------------------------------------ the rules' inputs
+
+    def pairs(self, config: dict[str, Any]) -> list[tuple[str, str]]:
+        """(task, model) of the study: one pool, set of controllers and replay each."""
+        study = config["studies"].get(self.name)
+        if study is None:
+            return []
+        return [(task, model) for task in study["tasks"] for model in study["models"]]
+
+    def pool_runs(self, config: dict[str, Any], task: str, model: str) -> list[Run]:
+        """The pool's runs on one task and model (its graded shards are the pool)."""
+        study = self.section(config)
+        return [Run(task, model, study["pool"], s) for s in range(study["k_max"])]
+
+    def embeddings_input(
+        self, config: dict[str, Any], task: str, model: str, controller: str | None = None
+    ) -> dict[str, str]:
+        """The question embeddings, for whatever reads them: mlp_hq (or, with no controller
+        named, the evaluation of a study that trains mlp_hq)."""
+        study = self.section(config)
+        needed = controller == "mlp_hq" if controller else "mlp_hq" in study["controllers"]
+        return {"embeddings": embeddings_file(task, model)} if needed else {}
+
+    def controller_files(self, config: dict[str, Any], task: str, model: str) -> dict[str, str]:
+        return {
+            name: controller_file(task, model, name) for name in self.section(config)["controllers"]
+        }
+
+    def evaluation_files(self, task: str, model: str) -> dict[str, str]:
+        folder = f"results/dps/{task}/{model}/evaluation"
+        return {
+            name: f"{folder}/{name}.parquet"
+            for name in ("replay", "summary", "quality", "calibration", "importance")
+        }
+
+    def online_runs(self, config: dict[str, Any], runs: list[Run]) -> list[Run]:
+        """The runs of dps methods (they answer the held-out questions for real)."""
+        return [run for run in runs if config["methods"][run.method]["sampler"] == self.name]
+
+    def online_taus(
+        self, config: dict[str, Any], runs: list[Run], task: str, model: str
+    ) -> dict[str, list[float]]:
+        """Per controller, the tau of the dps methods that run on this task and model: the
+        replay adds them to its sweep, to compare the real runs with it."""
+        taus: dict[str, list[float]] = {}
+        for run in self.online_runs(config, runs):
+            if (run.task, run.model) == (task, model):
+                method = config["methods"][run.method]
+                taus.setdefault(method["controller"], []).append(method["tau"])
+        return taus

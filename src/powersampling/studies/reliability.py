@@ -74,3 +74,16 @@ class ReliabilityStudy(Study):
 
     def outputs(self, config: dict[str, Any]) -> list[str]:
         return ["results/tables/reliability.html"]
+
+    def graded_runs(self, config: dict[str, Any], runs: list[Run]) -> list[Run]:
+        """The planned runs of the study's tasks, models and settings (its graded shards)."""
+        study = config["studies"].get(self.name)
+        if study is None:
+            return []
+        return [
+            run
+            for run in runs
+            if run.task in study["tasks"]
+            and run.model in study["models"]
+            and run.method in study["methods"]
+        ]
