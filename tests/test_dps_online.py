@@ -8,7 +8,6 @@ import torch
 from powersampling.dps.controllers import Controller
 from powersampling.dps.embeddings import question_embeddings
 from powersampling.dps.evaluation import p_enough_matrix, trajectories_used
-from powersampling.samplers.dps import DpsSetup
 from powersampling.dps.policy import Schedule, dps_replays
 from powersampling.dps.trajectories import (
     Trajectories,
@@ -20,6 +19,7 @@ from powersampling.dps.votes import vote_key
 from powersampling.errors import UserError
 from powersampling.generation import generate_shard
 from powersampling.grading.verdict import Grade
+from powersampling.samplers.dps import DpsSetup
 from powersampling.toy.enumerate import random_tiny_model
 from powersampling.toy.tokenizer import build_char_tokenizer, token_id
 

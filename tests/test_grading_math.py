@@ -18,6 +18,8 @@ from powersampling.grading.math import (
     too_large_expr,
     too_large_text,
 )
+from powersampling.grading.math_workers import JobQueue, Worker
+from powersampling.grading.prm import parse_latex
 
 # --------------------------------------------------------------------------- last_boxed
 
@@ -277,7 +279,7 @@ def test_guards_pass_ordinary_answers(answer):
     assert not too_large_text(answer)
     for parsed in gm._mv_parse(answer):
         assert not too_large_expr(parsed)
-    ok, parsed = gm._latex2sympy(normalize_prm(answer))
+    ok, parsed = parse_latex(normalize_prm(answer))
     assert not ok or not too_large_expr(parsed)
 
 
@@ -341,8 +343,8 @@ def test_dedupe_in_workers_matches_row_by_row_grading():
 
 def test_workers_keep_to_one_reference_at_a_time():
     jobs = [{"reference": r} for r in "aaabbcddde"]
-    queue = gm._Queue(jobs)
-    first, second = gm._Worker(None), gm._Worker(None)
+    queue = JobQueue(jobs)
+    first, second = Worker(None), Worker(None)
     taken = {"first": [], "second": []}
     while queue:
         for name, worker in (("first", first), ("second", second)):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from powersampling import pipeline, plots
+from powersampling import plots
 from powersampling.errors import UserError
 from powersampling.interp.tables import (
     LENS_COLUMNS,
@@ -27,6 +27,7 @@ from powersampling.metrics import (
     PASS_AT_K_COLUMNS,
     SAMPLER_TRACE_COLUMNS,
 )
+from powersampling.stages.plots import plot as stage_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -377,15 +378,15 @@ def test_every_figure_is_registered_once_with_its_table_and_caption():
         assert caption.is_file() and caption.read_text().strip(), spec.caption
 
 
-def test_pipeline_plot_draws_a_registered_figure_from_its_table(tmp_path):
+def test_the_plot_stage_draws_a_registered_figure_from_its_table(tmp_path):
     table = tmp_path / "pass_at_k.parquet"
     passk_rows().to_parquet(table)
-    pipeline.plot("pass_at_k", table, tmp_path / "figures" / "pass_at_k.svg")
+    stage_plot("pass_at_k", table, tmp_path / "figures" / "pass_at_k.svg")
     direct = tmp_path / "direct" / "pass_at_k.svg"
     plots.plot_pass_at_k(pd.read_parquet(table), direct)
     assert (tmp_path / "figures" / "pass_at_k.svg").read_bytes() == direct.read_bytes()
     with pytest.raises(UserError, match="unknown plot 'nope'"):
-        pipeline.plot("nope", table, tmp_path / "nope.svg")
+        stage_plot("nope", table, tmp_path / "nope.svg")
 
 
 def test_inside_the_model_figures_draw_from_their_parquet_tables(tmp_path):
@@ -405,7 +406,7 @@ def test_inside_the_model_figures_draw_from_their_parquet_tables(tmp_path):
         folder.mkdir()
         table.to_parquet(folder / f"{name}.parquet")
         figure = folder / "figure" / f"{name}.svg"
-        pipeline.plot(name, folder / f"{name}.parquet", figure)
+        stage_plot(name, folder / f"{name}.parquet", figure)
         assert_valid(figure)
         assert "layers kept" in "".join(ET.fromstring(figure.read_bytes()).itertext())
     assert plots.FIGURES["truncation_accuracy"].category == plots.INSIDE

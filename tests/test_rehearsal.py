@@ -113,7 +113,7 @@ def no_network():
 def qwen(tmp_path_factory):
     """Qwen2.5's tokenizer built from scratch offline, saved, and loaded back the way the
     workflow loads a model folder's tokenizer."""
-    rehearsal._qwen25_vocab_and_merges.cache_clear()
+    rehearsal.qwen25_vocab_and_merges.cache_clear()
     path = tmp_path_factory.mktemp("qwen-tokenizer")
     with no_network():
         qwen25_tokenizer().save_pretrained(path)
@@ -165,9 +165,9 @@ def test_qwen_vocabulary_and_special_tokens(qwen):
 
 
 def test_qwen_instruct_eos_and_cache():
-    before = rehearsal._qwen25_vocab_and_merges.cache_info().hits
+    before = rehearsal.qwen25_vocab_and_merges.cache_info().hits
     instruct = qwen25_tokenizer(eos_token="<|im_end|>")
-    assert rehearsal._qwen25_vocab_and_merges.cache_info().hits == before + 1
+    assert rehearsal.qwen25_vocab_and_merges.cache_info().hits == before + 1
     assert (instruct.eos_token_id, instruct.pad_token_id) == (151645, 151643)
     assert instruct is not qwen25_tokenizer(eos_token="<|im_end|>")  # fresh, not shared
     with pytest.raises(UserError, match="im_end"):
@@ -175,7 +175,7 @@ def test_qwen_instruct_eos_and_cache():
 
 
 def test_qwen_merges_are_one_per_token():
-    vocab, merges = rehearsal._qwen25_vocab_and_merges()
+    vocab, merges = rehearsal.qwen25_vocab_and_merges()
     assert len(vocab) == 151643
     assert len(merges) == len(vocab) - 256  # every multi-byte token is exactly one merge
     assert all(a + b in vocab for a, b in merges)
@@ -290,9 +290,9 @@ def test_phi_standin_round_trips(phi, source):
 
 
 def test_phi_standin_is_deterministic():
-    first = rehearsal._phi35_standin_json()
-    rehearsal._phi35_standin_json.cache_clear()
-    assert rehearsal._phi35_standin_json() == first
+    first = rehearsal.phi35_standin_json()
+    rehearsal.phi35_standin_json.cache_clear()
+    assert rehearsal.phi35_standin_json() == first
     # The corpus is what every installation has, in a fixed order.
     corpus = rehearsal.standin_corpus()
     assert corpus[0] == read_problems()["HumanEval/0"]["prompt"]
@@ -304,13 +304,13 @@ def test_phi_standin_does_not_depend_on_threads():
     """Training in a fresh process with one thread gives the same tokenizer."""
     code = (
         "import hashlib; from powersampling import rehearsal; "
-        "print(hashlib.sha256(rehearsal._phi35_standin_json().encode()).hexdigest())"
+        "print(hashlib.sha256(rehearsal.phi35_standin_json().encode()).hexdigest())"
     )
     env = {**os.environ, "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    expected = hashlib.sha256(rehearsal._phi35_standin_json().encode()).hexdigest()
+    expected = hashlib.sha256(rehearsal.phi35_standin_json().encode()).hexdigest()
     assert result.stdout.strip() == expected
 
 

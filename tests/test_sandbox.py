@@ -798,12 +798,14 @@ def test_sandbox_api_directly():
 
 
 def test_supervisor_is_a_standalone_stdlib_script():
-    # It runs as `python -I -B -c <text>`: powersampling is not importable there.
-    from powersampling.grading import sandbox_supervisor  # importing it runs nothing
+    # It runs as `python -I -B -c <text>`: powersampling is not importable there. The text
+    # joins the script's parts (each importable as a module; importing one runs nothing).
+    from powersampling.grading import sandbox_supervisor
     from powersampling.grading.code import SUPERVISOR
+    from powersampling.grading.sandbox_script import supervisor_script
 
     assert Path(sandbox_supervisor.__file__).resolve() == SUPERVISOR and SUPERVISOR.is_file()
-    tree = ast.parse(SUPERVISOR.read_text())
+    tree = ast.parse(supervisor_script())
     modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert {m.split(".")[0] for m in modules} <= set(sys.stdlib_module_names)

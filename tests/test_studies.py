@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from powersampling import pipeline
 from powersampling.errors import UserError
+from powersampling.stages.studies import toy_study
 from powersampling.toy import studies
 from powersampling.toy.enumerate import random_tiny_model
 
@@ -82,7 +82,7 @@ def test_every_study_is_registered_with_its_plot_and_caption():
 
 
 @pytest.mark.parametrize("name", list(studies.STUDIES))
-def test_pipeline_toy_study_writes_its_table_and_figure(name, tmp_path):
+def test_the_toy_study_stage_writes_its_table_and_figure(name, tmp_path):
     settings = {
         "vocab_size": 3,
         "cap": 3,
@@ -95,7 +95,7 @@ def test_pipeline_toy_study_writes_its_table_and_figure(name, tmp_path):
         "smc_ess_thresholds": [0.5],
         "smc_runs": 20,
     }
-    table = pipeline.toy_study(
+    table = toy_study(
         name, settings, seed=1, table_path=tmp_path / "t.parquet", plot_path=tmp_path / "f.svg"
     )
     assert not table.empty
@@ -105,4 +105,4 @@ def test_pipeline_toy_study_writes_its_table_and_figure(name, tmp_path):
 
 def test_unknown_toy_study_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="unknown study 'nope'"):
-        pipeline.toy_study("nope", {}, seed=0, table_path=tmp_path / "t", plot_path=tmp_path / "f")
+        toy_study("nope", {}, seed=0, table_path=tmp_path / "t", plot_path=tmp_path / "f")

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from tiny_qwen import CAP, EOS, N_CHAINS, PROMPT
 
-from powersampling import pipeline
 from powersampling.samplers.power import PowerSampler
+from powersampling.stages.studies import toy_study
 from powersampling.toy import studies
 from powersampling.toy.enumerate import (
     enumerate_answers,
@@ -169,7 +169,7 @@ def test_plot_frontier_writes_an_svg(table, tmp_path):
     assert text.lstrip().startswith("<?xml") and "temperature 1/α" in text
 
 
-def test_frontier_is_registered_and_runs_through_the_pipeline(tmp_path):
+def test_frontier_is_registered_and_runs_through_its_stage(tmp_path):
     root = Path(__file__).resolve().parents[1]
     study = studies.STUDIES["frontier"]
     assert study.plot is studies.plot_frontier
@@ -186,7 +186,7 @@ def test_frontier_is_registered_and_runs_through_the_pipeline(tmp_path):
         "smc_ess_thresholds": [0.5],
         "smc_runs": 20,
     }
-    table = pipeline.toy_study(
+    table = toy_study(
         "frontier",
         settings,
         seed=1,

@@ -21,8 +21,9 @@ sampler's chains, SMC's prompts), so that a row's draws do not depend on its bat
 """
 
 from powersampling.engine.batch import DecodingEngine, Extension
+from powersampling.engine.kv_buffer import BufferCache
 from powersampling.engine.particles import ParticleBatch
-from powersampling.engine.rolling import BufferCache, Finished, RollingDecoder
+from powersampling.engine.rolling import Finished, RollingDecoder
 from powersampling.engine.tokens import (
     TokenStats,
     check_generator,

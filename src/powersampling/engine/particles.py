@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from powersampling.engine.batch import DecodingEngine
-from powersampling.engine.rolling import (
+from powersampling.engine.kv_buffer import (
     BufferCache,
     check_attention_implementation,
     check_full_attention,

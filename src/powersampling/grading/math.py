@@ -41,8 +41,8 @@ from powersampling.grading.math_guards import (
     too_large_expr,
     too_large_text,
 )
-from powersampling.grading.math_workers import JobQueue, Worker, run_in_workers
-from powersampling.grading.prm import normalize_prm, parse_latex, prm_equal, sympy_equal
+from powersampling.grading.math_workers import run_in_workers
+from powersampling.grading.prm import normalize_prm, prm_equal, sympy_equal
 from powersampling.grading.verdict import Grade
 
 GRADER = "math-verify"
@@ -294,8 +294,3 @@ def _worker_main() -> None:
         reply = {"i": req["i"], "prm": prm, **grade.__dict__}
         out.write(json.dumps(reply) + "\n")
         out.flush()
-
-
-# The tests reach these by their names from before they moved to modules of their own.
-_latex2sympy = parse_latex
-_Queue, _Worker = JobQueue, Worker

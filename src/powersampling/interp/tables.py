@@ -129,7 +129,7 @@ def lens_table(
     agreement and entropy over problems, each with a percentile-bootstrap CI.
 
     ``frame`` is the LogitLens jobs' rows (one per problem × layer × position kind; see
-    :func:`powersampling.pipeline.logit_lens_shard`). The means and intervals are those of
+    :func:`powersampling.stages.interp.logit_lens_shard`). The means and intervals are those of
     :func:`powersampling.interp.logit_lens.lens_summary`, run per (task, model) with the
     seed ``derive_seed(seed, task, model)``. Columns: :data:`LENS_COLUMNS`, i.e. ``task``,
     ``model``, ``layer``, ``n_layers``, ``position``, ``n_problems`` and for each of ``kl``,

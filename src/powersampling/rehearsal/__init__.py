@@ -54,11 +54,6 @@ from powersampling.rehearsal.qwen25 import (
 )
 from powersampling.rehearsal.weights import random_model
 
-# The names these cached builders had when this package was one module; tests clear and
-# inspect their caches through them.
-_qwen25_vocab_and_merges = qwen25_vocab_and_merges
-_phi35_standin_json = phi35_standin_json
-
 __all__ = [
     "PHI35_BASE_VOCAB",
     "PHI35_CHAT_TEMPLATE",
