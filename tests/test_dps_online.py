@@ -1,5 +1,7 @@
 """Dynamic power sampling for real (the ``dps`` method) against its replay on the pool."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,6 +21,7 @@ from powersampling.dps.votes import vote_key
 from powersampling.errors import UserError
 from powersampling.generation import generate_shard
 from powersampling.grading.verdict import Grade
+from powersampling.samplers import method_params
 from powersampling.samplers.dps import DpsSetup
 from powersampling.toy.enumerate import random_tiny_model
 from powersampling.toy.tokenizer import build_char_tokenizer, token_id
@@ -143,6 +146,9 @@ def test_online_dps_equals_its_replay(world, name):
                             method={"sampler": "dps", "controller": name, "tau": tau}, seed=0,
                             shard=0, batch_size=8, setup=setup, progress=False,
                             **NAMES)  # fmt: skip
+    # the rows record the pool method as configured (its null proposal temperature too)
+    assert json.loads(online["sampling"].iloc[0])["pool"] == {"sampler": "power",
+                                                                **method_params(POOL)}  # fmt: skip
     online = online.set_index("problem_id").loc[replay.index]
     grades = task.grade_many(list(online["completion"]), [{}] * len(online))
     k = [trajectories_used(t, SCHEDULE) for t in online["sampler_trace"]]

@@ -34,7 +34,7 @@ import numpy as np
 
 from powersampling.dps import CONTROLLER_NAMES, controller_file, embeddings_file
 from powersampling.errors import UserError
-from powersampling.samplers.base import Param, Sampler, chain_seed
+from powersampling.samplers.base import Param, Sampler, chain_seed, resolve_params
 
 if TYPE_CHECKING:
     import torch
@@ -223,9 +223,14 @@ class DynamicPowerSampler(Sampler):
         return max(1, batch // self.setup.schedule.k_start)
 
     def sampling_record(self) -> dict[str, Any]:
+        """Its own parameters and the pool method's, as configured (defaults filled in)."""
+        from powersampling.samplers.power import PowerSampler
+
         record = super().sampling_record()
         if self.setup is not None:
-            record["pool"] = {"sampler": POOL_SAMPLER, **_pool_sampler(self.setup, None).params}
+            given = {k: v for k, v in self.setup.power.items() if k != "sampler"}
+            params = resolve_params(PowerSampler.name, PowerSampler.PARAMS, given)
+            record["pool"] = {"sampler": POOL_SAMPLER, **params}
         return record
 
     def sample(
