@@ -108,6 +108,7 @@ class Sampler(ABC):
     - :meth:`job_files` and :meth:`job_settings`: the files (a controller) and plain
       values a generation job of the method needs beyond its prompts.
     - :meth:`decoded_method`: the method whose decoder and token budget its rows use.
+    - :meth:`expected_tokens`: its cost model, tokens decoded per answer (the time plan).
 
     In the generation job, before the weights are loaded: :meth:`load_setup` reads the
     job's files into whatever :meth:`prepare` takes, and :meth:`rows_to_answer` may leave
@@ -161,6 +162,16 @@ class Sampler(ABC):
         """The method whose decoder and token budget this method's rows use (``settings``:
         its :meth:`job_settings`): the method itself, unless it drives another sampler."""
         return method
+
+    @classmethod
+    def expected_tokens(
+        cls, params: dict[str, Any], answer_tokens: float, settings: dict | None = None
+    ) -> float:
+        """Tokens decoded for one answer (``tokens_decoded``) when an answer is
+        ``answer_tokens`` long: the cost model the time plan multiplies by problems and seeds
+        (``params``: the method's parameters with defaults filled in; ``settings``: its
+        :meth:`job_settings`). By default every token of the answer is decoded once."""
+        return float(answer_tokens)
 
     # ------------------------------------------------------------ in the job
 

@@ -145,6 +145,21 @@ class DynamicPowerSampler(Sampler):
             raise UserError("a dps method needs its controller and pool (studies.dps)")
         return settings["pool_method"]
 
+    @classmethod
+    def expected_tokens(
+        cls, params: dict[str, Any], answer_tokens: float, settings: dict | None = None
+    ) -> float:
+        """The pool method's cost per trajectory times k_max: a bound. How many trajectories
+        a question gets (k_start to k_max) is the controller's decision, known only once
+        it is trained, so the plan takes the most it may ask for."""
+        from powersampling.samplers.power import PowerSampler  # see _pool_sampler
+
+        pool = cls.decoded_method(params, settings)
+        given = {k: v for k, v in pool.items() if k != "sampler"}
+        pool_params = resolve_params(PowerSampler.name, PowerSampler.PARAMS, given)
+        per_trajectory = PowerSampler.expected_tokens(pool_params, answer_tokens)
+        return settings["schedule"]["k_max"] * per_trajectory
+
     # ------------------------------------------------------------ in the job
 
     @classmethod

@@ -80,7 +80,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -231,6 +231,34 @@ class PowerSampler(PerProblemStreams, Sampler):
     def __init__(self, engine, **params):
         super().__init__(engine, **params)
         self.alpha, self.temperature = power_target(self.params)
+
+    @classmethod
+    def expected_tokens(
+        cls, params: dict[str, Any], answer_tokens: float, settings: dict | None = None
+    ) -> float:
+        """Tokens a chain decodes when its answer is A = ``answer_tokens`` long (at most the
+        last cap), counted as :meth:`sample` counts ``tokens_decoded``.
+
+        The chain runs the blocks of ``block_caps(block_size, max_new_tokens)`` up to the
+        first cap c_k >= A (the block in which it ends with EOS; with ``stop_at_eos: false``,
+        every block), its answer L_k = min(A, c_k) long after block k. Extensions decode the
+        answer's A tokens once in all. A proposal cuts at i uniform in 0..L-1 and regenerates
+        the suffix until EOS or the cap; taking the proposed answer as long as the current
+        one, it decodes L - i tokens, (L + 1) / 2 on average. So
+
+            tokens = A + mcmc_steps · Σ_k (L_k + 1) / 2.
+
+        Exact in expectation when every answer runs to the cap (no EOS); with EOS, proposals
+        are as long as the answers they draw, so the formula is exact only where those match
+        A on average (:func:`powersampling.toy.enumerate.expected_tokens_decoded` gives the
+        exact cost over an enumerated support).
+        """
+        caps = block_caps(params["block_size"], params["max_new_tokens"])
+        length = min(float(answer_tokens), caps[-1])
+        if params["stop_at_eos"]:
+            caps = caps[: next(k for k, cap in enumerate(caps) if cap >= length) + 1]
+        per_step = sum((min(length, cap) + 1) / 2 for cap in caps)
+        return length + params["mcmc_steps"] * per_step
 
     # ------------------------------------------------------------------ main loop
 

@@ -205,6 +205,14 @@ class SMCSampler(PerProblemStreams, Sampler):
     def rows_per_prompt(cls, params: dict[str, Any]) -> int:
         return int(params["particles"])  # a prompt's particles decode together
 
+    @classmethod
+    def expected_tokens(
+        cls, params: dict[str, Any], answer_tokens: float, settings: dict | None = None
+    ) -> float:
+        """N particles decode an answer of ``answer_tokens`` each (at most the budget):
+        ``tokens_decoded`` counts every token of an unfinished particle, resampled or not."""
+        return params["particles"] * min(float(answer_tokens), params["max_new_tokens"])
+
     def alpha_at(self, t: int) -> float:
         """The exponent of the intermediate target after t tokens (t >= 1)."""
         ramp = self.params["alpha_ramp_tokens"]
