@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 from tqdm import tqdm
 
+from powersampling.checkpoints import Piece, ShardCheckpoint, generator_state, restore_generator
 from powersampling.engine import DecodingEngine
 from powersampling.errors import UserError
 from powersampling.io import GENERATION_SCHEMA
@@ -52,6 +53,7 @@ def generate_shard(
     budgets: list[int | None] | None = None,
     progress: bool = True,
     log=None,
+    checkpoint: ShardCheckpoint | None = None,
 ) -> pd.DataFrame:
     """One completion per problem of the shard, as a frame with the generation schema's columns.
 
@@ -77,6 +79,15 @@ def generate_shard(
     Time: every row carries ``shard_decode_time_s``, the wall time spent in the sampler for
     the whole shard, so time per answer (shard time / answers) means the same for every
     sampler; a sampler that runs chains records each chain's ``chain_lifetime_s`` too.
+    After a resume it is the sum of each call's time: as recorded in the checkpoint for the
+    calls read back, as measured now for the calls decoded (model loads, and the call a kill
+    cut short, are in neither).
+
+    ``checkpoint`` (:class:`~powersampling.checkpoints.ShardCheckpoint`, made for exactly
+    these arguments): each finished call is saved to it, with the shared generator's state
+    after it; calls already there, from the first on, are read back instead of decoded
+    (the generator restored), so the rows are those of an uninterrupted run. A job asked
+    to stop stops before decoding its next call (:class:`~.checkpoints.GenerationStopped`).
 
     ``log`` is a ``logging.Logger`` or any callable taking a string (one line per batch).
     """
@@ -111,7 +122,7 @@ def generate_shard(
     records, decode_time_s = _sample_in_calls(
         sampler, prompts, budgets, generator, seed=seed, names=names,
         per_call=sampler.prompts_per_call(batch_size), progress=progress, log=log,
-        desc=f"{task_name}/{model_name}/{method_name} shard {shard}",
+        desc=f"{task_name}/{model_name}/{method_name} shard {shard}", checkpoint=checkpoint,
     )  # fmt: skip
 
     frame = pd.DataFrame.from_records(records)
@@ -138,30 +149,57 @@ def generate_shard(
 
 
 def _sample_in_calls(
-    sampler, prompts, budgets, generator, *, seed, names, per_call, progress, log, desc
+    sampler, prompts, budgets, generator, *, seed, names, per_call, progress, log, desc, checkpoint
 ) -> tuple[list[dict], float]:
     """The sampler's records for every prompt, ``per_call`` prompts a call, and the wall
-    time spent in the sampler (rows of a call share their time)."""
+    time spent in the sampler (rows of a call share their time).
+
+    With a ``checkpoint``: the calls it holds, from the first on, are read back (the
+    generator set to its state after the last of them); every call decoded is saved."""
     records: list[dict] = []
     decode_time_s = 0.0
     n = len(prompts.ids)
+    n_read = 0
+    reading = checkpoint is not None  # until the first call the checkpoint lacks
     with tqdm(total=n, desc=desc, file=sys.stderr, disable=not progress) as bar:
-        for start in range(0, n, per_call):
-            stop = start + per_call
-            batch, batch_budgets = prompts.ids[start:stop], budgets[start:stop]
-            t0 = time.perf_counter()
-            streams = sampler.row_streams(prompts.rows[start:stop], seed, names)
-            if None in batch_budgets:  # a sampler without a token budget
-                results = sampler.sample(batch, generator, **streams)
+        for call, start in enumerate(range(0, n, per_call)):
+            span = (start, min(start + per_call, n))
+            problem_ids = [row["problem_id"] for row in prompts.rows[span[0] : span[1]]]
+            piece = checkpoint.read(seed, call, span, problem_ids) if reading else None
+            reading = piece is not None
+            if piece is not None:
+                restore_generator(generator, piece.generator_state)
+                n_read += span[1] - span[0]
+                _emit(log, f"{desc}: {span[1]}/{n} problems, read back from the checkpoint")
             else:
-                results = sampler.sample(batch, generator, budgets=batch_budgets, **streams)
-            elapsed = time.perf_counter() - t0
-            decode_time_s += elapsed
-            records.extend(results)
-            bar.update(len(batch))
-            _emit(log, f"{desc}: {start + len(batch)}/{n} problems, batch of {len(batch)} in "
-                       f"{elapsed:.2f}s")  # fmt: skip
+                if checkpoint is not None:
+                    checkpoint.before_decoding(seed, call)
+                piece = _decode_call(sampler, prompts, budgets, generator, span, seed, names)
+                if checkpoint is not None:
+                    checkpoint.write(seed, call, span, problem_ids, piece)
+                _emit(log, f"{desc}: {span[1]}/{n} problems, batch of {span[1] - span[0]} in "
+                           f"{piece.decode_time_s:.2f}s")  # fmt: skip
+            decode_time_s += piece.decode_time_s
+            records.extend(piece.records)
+            bar.update(span[1] - span[0])
+    if checkpoint is not None:
+        _emit(log, f"{desc}: seed {seed}: {n_read} problems read back from the checkpoint, "
+                   f"{n - n_read} decoded")  # fmt: skip
     return records, decode_time_s
+
+
+def _decode_call(sampler, prompts, budgets, generator, span, seed, names) -> Piece:
+    """One sampler call on the prompts of rows ``span``: its records, its wall time, and
+    the shared generator's state after it."""
+    batch, batch_budgets = prompts.ids[span[0] : span[1]], budgets[span[0] : span[1]]
+    t0 = time.perf_counter()
+    streams = sampler.row_streams(prompts.rows[span[0] : span[1]], seed, names)
+    if None in batch_budgets:  # a sampler without a token budget
+        results = sampler.sample(batch, generator, **streams)
+    else:
+        results = sampler.sample(batch, generator, budgets=batch_budgets, **streams)
+    elapsed = time.perf_counter() - t0
+    return Piece(results, elapsed, generator_state(generator))
 
 
 def sampling_record(sampler) -> str:
