@@ -9,6 +9,8 @@ import pytest
 import torch
 from helpers_models import EOS_ID, PAD_ID, VOCAB_SIZE, full_logits, one_torch_thread, tiny_model  # noqa: F401
 from scipy import stats
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from powersampling.engine import DecodingEngine, TokenStats, log_q, pick_tokens
 from powersampling.engine.batch import cache_argument
@@ -33,12 +35,14 @@ def gen(seed: int) -> torch.Generator:
 
 
 def record_forwards(model):
-    """Record (batch size, mask width) of every forward call; returns (calls, hook handle)."""
+    """Record (batch size, fed tokens, mask width) of every forward call; returns (calls, hook
+    handle). The width is the mask's last dimension: the prefill passes a 2D mask [B, L], a
+    decode step from the preallocated buffer a 4D one [B, 1, 1, W]."""
     calls = []
 
     def hook(module, args, kwargs):
         ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
-        calls.append((ids.shape[0], ids.shape[1], mask.shape[1]))
+        calls.append((ids.shape[0], ids.shape[1], mask.shape[-1]))
 
     return calls, model.register_forward_pre_hook(hook, with_kwargs=True)
 
@@ -206,6 +210,50 @@ def test_finished_rows_leave_the_batch(model):
         alone = engine.extend([prefix], n, greedy=True)
         assert alone.tokens[0] == ext.tokens[i]
         torch.testing.assert_close(alone.logp[0], ext.logp[i], atol=1e-5, rtol=1e-5)
+
+
+class DecodeTensorSizes(TorchDispatchMode):
+    """From the first decode step of ``model`` on (a forward of one token per row), records
+    the size (elements) of every tensor an operation creates (views and in-place writes
+    create none); the prefill and the buffer it fills come before."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.sizes, self.decoding = [], False
+
+        def hook(module, args, kwargs):
+            self.decoding = self.decoding or kwargs["input_ids"].shape[1] == 1
+
+        self.handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.decoding and not func.is_view and not func._schema.is_mutable:
+            self.sizes += [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        return out
+
+
+def test_decode_steps_do_not_copy_the_cache(model):
+    """Decoding writes into a preallocated buffer: from the first decode step on, nothing as
+    large as one layer's keys is created, not even when rows leave (a DynamicCache would
+    concatenate each layer's keys and values at every step)."""
+    prefixes = [[3] * 30, [4, 5], [6, 7, 8]]
+    budgets = [4, 20, 12]  # the long row leaves first, then the others one by one
+    mode = DecodeTensorSizes(model)
+    try:
+        with mode:
+            ext = engine_for(model).extend(prefixes, budgets, greedy=True)
+    finally:
+        mode.handle.remove()
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    # One layer's keys of the smallest batch the steps run: 1 row over its own 3 + 11 columns.
+    smallest_layer_keys = 1 * cfg.num_key_value_heads * 14 * head_dim
+    assert mode.sizes and max(mode.sizes) < smallest_layer_keys
+    assert [len(t) for t in ext.tokens] == budgets
+    for i, prefix in enumerate(prefixes):  # and the rows are those of uncached decoding
+        alone = engine_for(model).extend([prefix], budgets[i], greedy=True)
+        assert alone.tokens[0] == ext.tokens[i]
 
 
 def test_chunking_by_max_batch_size(model):

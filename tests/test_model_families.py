@@ -1,16 +1,20 @@
 """Both engines, the power sampler and SMC on every model family the project names.
 
-Tiny random models (built in-process, seeded) of Qwen2, Llama, Phi-3, OPT and the
-mixture-of-experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE: greedy decoding through the
-rolling decoder and the static engine must equal argmax decoding with plain uncached
-forward passes, and power sampling and SMC (resampling at every step, so KV caches are
-copied between rows) must run and return well-formed records. Also: Phi-3's
-LongRoPE switch and finished rows, sliding-window models refused, and no deprecated cache
-argument (a FutureWarning fails every test here).
+Tiny random models (built in-process, seeded) of Qwen2, Llama, Phi-3, OPT, the
+mixture-of-experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE, and the ALiBi models BLOOM and
+Falcon (``alibi=True``): greedy decoding through the rolling decoder and the static engine
+must equal argmax decoding with plain uncached forward passes, and power sampling and SMC
+(resampling at every step, so KV caches are copied between rows) must run and return
+well-formed records. ALiBi models build their biases from a 2D mask, which the buffer
+decoders (rolling, SMC's particles) cannot pass: those refuse them before any forward, with
+a message naming the model type, while the static engine decodes them through a
+DynamicCache. Also: Phi-3's LongRoPE switch and finished rows, sliding-window models
+refused, and no deprecated cache argument (a FutureWarning fails every test here).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -81,6 +85,10 @@ def family_config(family: str, **extra):
             intermediate_size=16, num_local_experts=4, **moe, **common
         ),
         "olmoe": lambda: tf.OlmoeConfig(intermediate_size=8, num_experts=4, **moe, **common),
+        "bloom": lambda: tf.BloomConfig(**common),  # ALiBi, eager attention
+        "falcon-alibi": lambda: tf.FalconConfig(
+            alibi=True, new_decoder_architecture=False, parallel_attn=True, **common
+        ),  # ALiBi, sdpa attention
     }
     return configs[family]()
 
@@ -94,6 +102,8 @@ MODEL_CLASSES = {
     "qwen3moe": "Qwen3MoeForCausalLM",
     "mixtral": "MixtralForCausalLM",
     "olmoe": "OlmoeForCausalLM",
+    "bloom": "BloomForCausalLM",
+    "falcon-alibi": "FalconForCausalLM",
 }
 FAMILIES = list(MODEL_CLASSES)
 
@@ -108,6 +118,23 @@ def build(family: str, seed: int = 0, config=None):
 @pytest.fixture(scope="module", params=FAMILIES)
 def model(request):
     return build(request.param)
+
+
+@contextlib.contextmanager
+def buffer_decoding(model):
+    """Nothing for a model the buffer decoders serve; for an ALiBi model, expect the
+    UserError that names its type and why, raised before any forward pass."""
+    if not (model.config.model_type == "bloom" or getattr(model.config, "alibi", False)):
+        yield
+        return
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    try:
+        with pytest.raises(UserError, match=f"{model.config.model_type} models add ALiBi"):
+            yield
+    finally:
+        handle.remove()
+    assert not forwards  # refused before the prefill
 
 
 def engine_for(model, eos=(EOS,)):
@@ -152,7 +179,8 @@ def roll(decoder, rows, late=None):
 
 
 def test_rolling_decoder_greedy_is_uncached_argmax_decoding(model):
-    check_rolling_greedy(model)
+    with buffer_decoding(model):
+        check_rolling_greedy(model)
 
 
 def check_rolling_greedy(model):
@@ -184,7 +212,8 @@ def check_static_greedy(model):
 
 
 def test_power_sampling_runs_and_records_are_well_formed(model):
-    check_power_sampling(model)
+    with buffer_decoding(model):
+        check_power_sampling(model)
 
 
 def check_power_sampling(model):
@@ -205,7 +234,8 @@ def check_power_sampling(model):
 
 
 def test_smc_runs_and_records_are_well_formed(model):
-    check_smc_sampling(model)
+    with buffer_decoding(model):
+        check_smc_sampling(model)
 
 
 def check_smc_sampling(model):
@@ -329,3 +359,16 @@ def test_windows_that_cover_the_rows_are_accepted(family, extra):
         engine.model, PREFIXES[0], done["a"].tokens, done["a"].stats.logp,
         done["a"].finish_reason, 6,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "family,extra",
+    [
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
+        ("mixtral", {"sliding_window": 3}),
+    ],
+)
+def test_static_engine_keeps_sliding_windows_shorter_than_a_row(family, extra):
+    """The buffer decoders refuse these; the static engine decodes them through the
+    DynamicCache, window and all: greedy rows are uncached argmax decoding."""
+    check_static_greedy(build(family, config=family_config(family, **extra)))

@@ -3,8 +3,8 @@
 Every sampler in the package decodes through one of these on a Hugging Face causal LM:
 
 * :class:`DecodingEngine` (:mod:`.batch`): static batches. It extends many prefixes of
-  different lengths at once until EOS or each row's budget, and scores given continuations
-  by teacher forcing.
+  different lengths at once until EOS or each row's budget, decoding from one preallocated
+  KV buffer (:mod:`.static_rows`), and scores given continuations by teacher forcing.
 * :class:`RollingDecoder` (:mod:`.rolling`): continuous batching on the same model. Rows
   join and leave one running decode batch at any step, each from given KV caches of its
   prefix (one or several pieces, e.g. a prompt's shared cache then an answer's own); the

@@ -5,11 +5,15 @@ once:
 
 * the prefixes are left-padded into one batch (attention mask + explicit position ids, so a
   row's result does not depend on how much padding it got, up to float rounding);
-* one prefill forward fills a :class:`transformers.DynamicCache`, then each decode step is
-  one forward over the rows still running, one token each;
+* one prefill forward fills a :class:`transformers.DynamicCache`, which is copied into one
+  preallocated buffer of prompt + budget columns
+  (:class:`~powersampling.engine.static_rows.BufferRows`); each decode step is one forward
+  over the rows still running, one token each, written in place, so a step does not copy
+  the cache (models the buffer cannot serve keep the ``DynamicCache``:
+  :class:`~powersampling.engine.static_rows.GrowingRows`);
 * a row leaves the batch as soon as it emits an end-of-sequence token or spends its own
-  token budget: the cache, mask and positions are shrunk so finished rows cost nothing, and
-  padding columns no remaining row needs are cut from the cache.
+  token budget: the running rows move to the front, so finished rows cost nothing, and
+  padding columns no remaining row needs leave the attention window.
 
 Each new token comes with its :class:`~powersampling.engine.tokens.TokenStats` (log p, log q,
 entropy, top-1). :meth:`DecodingEngine.score` gives the same ``log p`` / ``log q`` for given
@@ -24,8 +28,9 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from powersampling.engine.kv_buffer import buffer_refusal
+from powersampling.engine.static_rows import BufferRows, GrowingRows
 from powersampling.engine.tokens import (
     TokenStats,
     check_generator,
@@ -241,8 +246,8 @@ class DecodingEngine:
         eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=device)
 
         ids, attn = self.left_pad([prefixes[r] for r in rows])  # [B, L]
-        logits, cache = self.prefill(ids, attn)  # [B, V]
-        next_pos = attn.sum(-1)  # [B] position of the token about to be fed
+        batch = self._running_rows(ids, attn, width)
+        logits = batch.logits  # [B, V]
         active = torch.arange(B, device=device)  # chunk-row index of each batch row
         out.n_prefilled += sum(len(prefixes[r]) for r in rows)
 
@@ -259,20 +264,10 @@ class DecodingEngine:
             if n_keep == 0:
                 break
             if n_keep < len(active):
-                idx = keep.nonzero().squeeze(1)
-                cache.batch_select_indices(idx)
-                active, tok, attn, next_pos = active[idx], tok[idx], attn[idx], next_pos[idx]
-                attn = self._trim_left_padding(cache, attn)
-            attn = torch.cat([attn, attn.new_ones((len(active), 1))], dim=1)
-            result = self.model(
-                input_ids=tok[:, None],
-                attention_mask=attn,
-                position_ids=next_pos[:, None],
-                use_cache=True,
-                **{self.cache_arg: cache},  # updated in place
-            )
-            logits = result.logits[:, -1, :]
-            next_pos = next_pos + 1
+                idx = keep.nonzero().squeeze(1)  # increasing
+                batch.keep(idx)
+                active, tok = active[idx], tok[idx]
+            logits = batch.step(tok)
 
         tok_buf, stats = tok_buf.cpu(), stats.cpu()
         n_gen, hit_eos = n_gen.tolist(), hit_eos.tolist()
@@ -284,24 +279,16 @@ class DecodingEngine:
             out.finish_reason[r] = "eos" if hit_eos[j] else "length"
             out.n_decoded += k
 
-    @staticmethod
-    def _trim_left_padding(cache, attn: torch.Tensor) -> torch.Tensor:
-        """Drop leading cache columns that are padding for every remaining row.
-
-        After long rows leave, the short ones still carry the long rows' left padding; the
-        attention over it is masked but still costs memory bandwidth at each step. Only plain
-        full-attention layers are trimmed (sliding-window or other layers keep their layout).
-        """
-        if not all(type(layer) is DynamicLayer for layer in cache.layers):
-            return attn
-        n_pad = int((attn.any(0).cumsum(0) == 0).sum())  # leading all-pad columns
-        if n_pad == 0:
-            return attn
-        for layer in cache.layers:
-            if layer.is_initialized and layer.keys.numel() > 0:
-                layer.keys = layer.keys[:, :, n_pad:, :]
-                layer.values = layer.values[:, :, n_pad:, :]
-        return attn[:, n_pad:]
+    def _running_rows(self, ids, attn, max_new_tokens: int) -> BufferRows | GrowingRows:
+        """Prefill ``ids`` [B, P] and hold the rows' cache for decoding: in a preallocated
+        buffer when the model allows (:func:`buffer_refusal`), else in the ``DynamicCache``."""
+        logits, cache = self.prefill(ids, attn)
+        cfg = self.model.config.get_text_config()
+        B, P = ids.shape
+        if buffer_refusal(cfg, P + max_new_tokens) is None and BufferRows.fits(cache, cfg, B, P):
+            impl = cfg._attn_implementation
+            return BufferRows(self, logits, cache, attn, impl, max_new_tokens)
+        return GrowingRows(self, logits, cache, attn)
 
     # ------------------------------------------------------------------ score
 

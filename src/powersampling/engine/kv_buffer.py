@@ -1,10 +1,12 @@
 """Decoding from one preallocated KV buffer written in place.
 
-Shared by :class:`~powersampling.engine.rolling.RollingDecoder` and
-:class:`~powersampling.engine.particles.ParticleBatch`: the cache object the model writes
+Shared by :class:`~powersampling.engine.rolling.RollingDecoder`,
+:class:`~powersampling.engine.particles.ParticleBatch` and the static engine's
+:class:`~powersampling.engine.static_rows.BufferRows`: the cache object the model writes
 each step's keys and values into (:class:`BufferCache`), the ready 4D attention mask a step
-reads (:func:`decode_mask`), and the checks that a model honours both: an attention
-implementation that takes the mask as given, and full attention over a row's whole span.
+reads (:func:`decode_mask`), and the checks that a model honours both
+(:func:`buffer_refusal`): no ALiBi biases built from a 2D mask, an attention implementation
+that takes the mask as given, and full attention over a row's whole span.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from powersampling.errors import UserError
 class BufferCache:
     """The KV cache of a decoder's batch: one preallocated buffer, written in place.
 
-    ``buf`` is [layers, 2 (key, value), slots, kv_heads, columns, head_dim]. A decode step
+    ``buf`` is [layers, 2 (key, value), slots, kv_heads, columns, head_dim], or a list of
+    one such [2, slots, kv_heads, columns, head_dim] tensor per layer (the static engine
+    allocates layer by layer, so that its prompt cache is freed as it is copied in). A step
     writes every row's new key/value at column ``hi`` and attends over columns ``lo..hi``.
     Writing in place avoids the copy of the whole cache that ``DynamicCache`` makes at every
     step (``torch.cat``), which dominates the cost of a step for small models.
@@ -27,7 +31,7 @@ class BufferCache:
     :meth:`get_seq_length` whatever they are given.
     """
 
-    def __init__(self, buf: torch.Tensor):
+    def __init__(self, buf: torch.Tensor | list[torch.Tensor]):
         self.buf = buf
         self.lo = 0
         self.hi = 0
@@ -48,15 +52,72 @@ class BufferCache:
         return self.hi - self.lo
 
 
-def check_attention_implementation(cfg) -> str:
-    """The model's attention implementation, if a ready 4D mask works with it (sdpa, eager)."""
+def kv_dims(cfg) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of a text config: what one layer's cache of a row holds
+    per column. kv_heads default to the attention heads, head_dim to hidden / heads."""
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return cfg.num_hidden_layers, kv_heads, head_dim
+
+
+def uses_alibi(cfg) -> bool:
+    """Whether the model adds ALiBi biases (BLOOM, MPT, Falcon with ``alibi``)."""
+    attn_config = getattr(cfg, "attn_config", None)  # MPT keeps the flag there
+    return (
+        cfg.model_type == "bloom"
+        or getattr(cfg, "alibi", False) is True
+        or getattr(attn_config, "alibi", False) is True
+    )
+
+
+def buffer_refusal(cfg, max_len: int) -> str | None:
+    """Why a model cannot decode from a preallocated buffer with a ready 4D mask over rows
+    of up to ``max_len`` tokens, or None when it can. ``cfg``: the text config.
+
+    * ALiBi models build their position biases from the 2D padding mask (its shape is
+      unpacked as [batch, columns]), so a 4D mask fails at the first decode step.
+    * Attention other than ``sdpa`` and ``eager`` (e.g. flash attention) does not take a
+      4D mask as given.
+    * The one 4D mask is used by every layer, so it would silently widen a sliding window
+      shorter than a row, or any layer type other than full attention. Configs that carry a
+      window they do not use (Qwen2's ``use_sliding_window: false``) or one longer than any
+      row (Phi-3.5-mini's 262144) are fine.
+    """
+    if uses_alibi(cfg):
+        return (
+            f"{cfg.model_type} models add ALiBi position biases, built from a 2D padding mask; "
+            "decoding from a preallocated KV buffer (power sampling, SMC) passes a ready 4D "
+            "mask, which they cannot take (temperature and greedy sampling decode them)"
+        )
     impl = cfg._attn_implementation
     if impl not in ("sdpa", "eager"):
-        raise UserError(
-            f"decoding from preallocated caches needs 'sdpa' or 'eager' attention (the model uses "
-            f"{impl!r})"
+        return (
+            "decoding from preallocated caches needs 'sdpa' or 'eager' attention (the model "
+            f"uses {impl!r})"
         )
-    return impl
+    other = sorted({t for t in (getattr(cfg, "layer_types", None) or []) if t != "full_attention"})
+    if other:
+        return (
+            "decoding from a preallocated KV buffer supports only models whose layers all use "
+            f"full attention (this one has {', '.join(other)} layers)"
+        )
+    window = getattr(cfg, "sliding_window", None)
+    if getattr(cfg, "use_sliding_window", True) is False or window is None or window >= max_len:
+        return None
+    return (
+        f"the model attends through a sliding window of {window} tokens, shorter than the "
+        f"rows of up to {max_len} tokens; decoding from a preallocated KV buffer needs full "
+        "attention over a row (shorten max_new_tokens or the prompts, or use the static engine)"
+    )
+
+
+def check_buffer_decoding(cfg, max_len: int) -> str:
+    """Refuse a model :func:`buffer_refusal` refuses (a :class:`UserError` naming why);
+    return its attention implementation otherwise."""
+    refusal = buffer_refusal(cfg, max_len)
+    if refusal is not None:
+        raise UserError(refusal)
+    return cfg._attn_implementation
 
 
 def decode_mask(window: torch.Tensor, attn_impl: str, dtype: torch.dtype) -> torch.Tensor:
@@ -69,29 +130,3 @@ def decode_mask(window: torch.Tensor, attn_impl: str, dtype: torch.dtype) -> tor
         return window[:, None, None, :]  # [S, 1, 1, W] bool: True = attend
     mask = torch.zeros(window.shape, dtype=dtype, device=window.device)  # eager: additive
     return mask.masked_fill(~window, torch.finfo(dtype).min)[:, None, None, :]
-
-
-def check_full_attention(cfg, max_len: int) -> None:
-    """Refuse a model whose attention is not full over a row's span of ``max_len`` tokens.
-
-    The rolling decoder builds one 4D mask for all layers, which overrides any sliding
-    window a model would otherwise apply; so a layer type other than full attention, or a
-    sliding window shorter than ``max_len``, would silently change the model. Configs that
-    carry a window they do not use (Qwen2's ``use_sliding_window: false``) or one longer than
-    any row (Phi-3.5-mini's 262144) are fine.
-    """
-    other = sorted({t for t in (getattr(cfg, "layer_types", None) or []) if t != "full_attention"})
-    if other:
-        raise UserError(
-            "continuous batching supports only models whose layers all use full attention "
-            f"(this one has {', '.join(other)} layers)"
-        )
-    window = getattr(cfg, "sliding_window", None)
-    if getattr(cfg, "use_sliding_window", True) is False or window is None:
-        return
-    if window < max_len:
-        raise UserError(
-            f"the model attends through a sliding window of {window} tokens, shorter than the "
-            f"rows of up to {max_len} tokens; continuous batching needs full attention over "
-            "a row (shorten max_new_tokens or the prompts, or use the static engine)"
-        )

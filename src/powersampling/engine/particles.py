@@ -4,7 +4,7 @@ Sequential Monte Carlo keeps N particles (partial answers) per prompt, extends t
 one token per step, and now and then replaces some particles by copies of others
 (resampling). :class:`ParticleBatch` is the tensor side of that: one row per particle, all
 rows of a prompt starting from the prompt's one prefill, one preallocated KV buffer written
-in place (:class:`~powersampling.engine.rolling.BufferCache`), and row copies that move a
+in place (:class:`~powersampling.engine.kv_buffer.BufferCache`), and row copies that move a
 particle's cache to another row without recomputing it.
 
 Layout: rows share the column axis. Prompts are left-padded to the longest one (P
@@ -19,12 +19,7 @@ from __future__ import annotations
 import torch
 
 from powersampling.engine.batch import DecodingEngine
-from powersampling.engine.kv_buffer import (
-    BufferCache,
-    check_attention_implementation,
-    check_full_attention,
-    decode_mask,
-)
+from powersampling.engine.kv_buffer import BufferCache, check_buffer_decoding, decode_mask, kv_dims
 
 
 class ParticleBatch:
@@ -51,13 +46,10 @@ class ParticleBatch:
     ):
         cfg = engine.model.config.get_text_config()
         width = max(len(p) for p in prompts)
-        check_full_attention(cfg, width + max_new_tokens)
-        self.attn_impl = check_attention_implementation(cfg)
+        self.attn_impl = check_buffer_decoding(cfg, width + max_new_tokens)  # before prefill
         self.engine, self.model, self.device = engine, engine.model, engine.device
         self.dtype = next(self.model.parameters()).dtype
-        n_layers = cfg.num_hidden_layers
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        n_layers, kv_heads, head_dim = kv_dims(cfg)
 
         distinct: dict[tuple[int, ...], int] = {}
         for p in prompts:

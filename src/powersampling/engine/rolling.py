@@ -16,12 +16,7 @@ import numpy as np
 import torch
 
 from powersampling.engine.batch import DecodingEngine
-from powersampling.engine.kv_buffer import (
-    BufferCache,
-    check_attention_implementation,
-    check_full_attention,
-    decode_mask,
-)
+from powersampling.engine.kv_buffer import BufferCache, check_buffer_decoding, decode_mask, kv_dims
 from powersampling.engine.tokens import TokenStats, check_generator, check_sampling, pick_tokens
 from powersampling.errors import UserError
 
@@ -101,6 +96,8 @@ class RollingDecoder:
     Llama, Phi-3, OPT, and the mixture-of-experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE.
     A model with sliding-window (or other non-full) attention layers, or a sliding window
     shorter than ``max_len``, is refused: the decoder's mask would silently widen its window.
+    So are ALiBi models (BLOOM, MPT, Falcon with ``alibi``), which build their biases from a
+    2D mask (:func:`~powersampling.engine.kv_buffer.buffer_refusal`).
 
     Positions shared by the batch: rotary scalings that depend on the largest position id of
     the batch (Phi-3's LongRoPE switches to its long factors once that passes
@@ -133,8 +130,7 @@ class RollingDecoder:
             raise UserError(f"kv_store must be one of {KV_STORES} (got {kv_store!r})")
         check_generator(generator, engine.device)
         cfg = engine.model.config.get_text_config()
-        check_full_attention(cfg, max_len)
-        self.attn_impl = check_attention_implementation(cfg)
+        self.attn_impl = check_buffer_decoding(cfg, max_len)
         self.engine = engine
         self.model = engine.model
         self.device = engine.device
@@ -147,9 +143,7 @@ class RollingDecoder:
         self.row_streams = row_streams and not greedy
         self.kv_store = kv_store
         self.max_len = max_len  # longest row: cached prefix + new tokens
-        self.n_layers = cfg.num_hidden_layers
-        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.n_layers, self.kv_heads, self.head_dim = kv_dims(cfg)
         self.dtype = next(self.model.parameters()).dtype
         self.eos = torch.tensor(engine.eos_token_ids, dtype=torch.long, device=self.device)
         self.n_slots = slots
