@@ -4,17 +4,23 @@ it picks, its refusal, and its buffer and weights against real tensors."""
 from __future__ import annotations
 
 import re
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 from helpers_models import EOS_ID, PAD_ID, one_torch_thread, tiny_model  # noqa: F401
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from powersampling import memory
 from powersampling.architectures import published_config
 from powersampling.config import load_config
 from powersampling.engine import DecodingEngine, RollingDecoder
+from powersampling.engine.particles import ParticleBatch
 from powersampling.engine.rolling import buffer_columns
+from powersampling.engine.static_rows import BufferRows
 from powersampling.errors import UserError
 from powersampling.memory import (
     GIB,
@@ -122,11 +128,12 @@ def test_host_chain_store_only_when_it_fits_more_rows(phi, qwen):
     assert (cpu.chain_store, cpu.batch) == ("device", on_device.batch)
 
 
-def test_temperature_sampling_keeps_one_growing_cache(phi):
+def test_temperature_sampling_keeps_one_preallocated_buffer(phi):
     plan = plan_memory(phi, "bfloat16", PAPER_BASE, [300, 512], 64, 80 * GIB)
     assert plan.chain_store is None and plan.items.buffer == 0
-    assert plan.items.kv_cache == plan.batch * (512 + 3072) * 393_216
-    assert plan.items.cache_transient == plan.items.kv_cache // 32  # one layer's copy
+    assert plan.items.kv_cache == plan.batch * (512 + 3072 - 1) * 393_216  # last token unfed
+    # One layer of the prompt cache while it is copied into the buffer.
+    assert plan.items.cache_transient == plan.batch * 512 * 393_216 // 32
     assert plan.batch < 64 and not fits(plan.shape, plan.batch + 1, None, 80 * GIB)
     assert plan_memory(phi, "bfloat16", PAPER_BASE, [512], 64, None).batch == 64
 
@@ -203,6 +210,127 @@ def test_plan_matches_a_real_particle_batch():
     assert plan.items.buffer == batch.cache.buf.nbytes
 
 
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the tensors created while active and not yet freed (``live``), and their
+    peak, at operation boundaries: a storage counts from the operation that creates it until
+    it is freed (views and in-place writes create none). ``window_peak`` is the peak since
+    the last :meth:`open_window`."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = self.window_peak = 0
+        self.sizes: dict[int, int] = {}
+
+    def open_window(self) -> None:
+        self.window_peak = self.live
+
+    def _freed(self, key: int) -> None:
+        self.live -= self.sizes.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and not func._schema.is_mutable:
+            for t in tree_leaves(out):
+                storage = t.untyped_storage() if isinstance(t, torch.Tensor) else None
+                if storage is not None and storage._cdata not in self.sizes:
+                    self.sizes[storage._cdata] = storage.nbytes()
+                    self.live += storage.nbytes()
+                    weakref.finalize(storage, self._freed, storage._cdata)
+        self.peak = max(self.peak, self.live)
+        self.window_peak = max(self.window_peak, self.live)
+        return out
+
+
+def planned_bytes(items) -> int:
+    """What the plan holds besides the weights, the reserve and the headroom."""
+    return items.resident - items.weights + max(items.decode_phase, items.prefill)
+
+
+def deep_model() -> Qwen2ForCausalLM:
+    """A random 8-layer Qwen2: one layer's cache is an eighth of the whole, so a transient of
+    one layer is told apart from one of all layers, or of half the rows of all layers."""
+    config = Qwen2Config(
+        vocab_size=16,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Qwen2ForCausalLM(config).eval()
+
+
+def test_static_plan_matches_a_real_extend(monkeypatch):
+    """Greedy decoding of rows that end at different steps: the buffer is the plan's, its
+    copy from the prefill holds one layer of the prompt cache twice at most, and the run's
+    peak stays within the plan."""
+    model = deep_model()
+    engine = DecodingEngine(model, [], PAD_ID)
+    prompts, budgets = [[3] * 20, [4] * 12, [5] * 7, [6] * 3], [40, 10, 25, 40]
+    method = {"sampler": "greedy", "max_new_tokens": 40}
+    lengths = [len(p) for p in prompts]
+    plan = plan_memory(model.config, torch.float32, method, lengths, 4, None, device_type="cpu")
+    mode, buffers, copies = LiveBytes(), [], []
+
+    def first_step(module, args, kwargs):  # the whole buffer, before any row leaves
+        if not buffers and kwargs["input_ids"].shape[1] == 1:
+            buffers.append(sum(layer.nbytes for layer in kwargs[engine.cache_arg].buf))
+
+    init = BufferRows.__init__
+
+    def copy_in(self, *args, **kwargs):  # the copy's peak over what it leaves
+        mode.open_window()
+        init(self, *args, **kwargs)
+        copies.append(mode.window_peak - mode.live)
+
+    monkeypatch.setattr(BufferRows, "__init__", copy_in)
+    handle = model.register_forward_pre_hook(first_step, with_kwargs=True)
+    try:
+        with mode:
+            ext = engine.extend(prompts, budgets, greedy=True)
+    finally:
+        handle.remove()
+    assert [len(t) for t in ext.tokens] == budgets
+    assert buffers == [plan.items.kv_cache]
+    # One prompt layer: 4 rows x 20 columns x kv / 8 (less the small mask allocated after).
+    assert len(copies) == 1 and 0 < copies[0] <= plan.items.cache_transient
+    assert plan.items.kv_cache <= mode.peak <= planned_bytes(plan.items)
+
+
+def test_smc_plan_bounds_a_real_run_whose_prompts_finish_apart(monkeypatch):
+    """One of two prompts ends after 2 tokens: its rows leave the particle batch, the kept
+    rows move within the buffer (a new buffer of them would be half the old one, four
+    layers' worth, on top of it), and the run's peak stays within the plan."""
+    from powersampling.samplers.smc import SMCSampler
+
+    model = deep_model()
+    engine = DecodingEngine(model, [], PAD_ID)
+    sampler = SMCSampler(engine, alpha=2.0, particles=4, ess_threshold=0.5, max_new_tokens=40)
+    method = {"sampler": "smc", "max_new_tokens": 40, "particles": 4}
+    plan = plan_memory(model.config, torch.float32, method, [10, 10], 8, None, device_type="cpu")
+    mode, kept = LiveBytes(), []
+    keep_rows = ParticleBatch.keep_rows
+
+    def watched(self, keep):  # what keeping the rows allocates on top of the batch
+        before = mode.live
+        mode.open_window()
+        keep_rows(self, keep)
+        kept.append(mode.window_peak - before)
+
+    monkeypatch.setattr(ParticleBatch, "keep_rows", watched)
+    with mode:
+        sampler.sample_swarms([[3] * 10, [4] * 10], budgets=[2, 40], chain_seeds=[0, 1])
+    assert len(kept) == 1 and kept[0] <= plan.items.cache_transient  # one layer's kept rows
+    assert plan.items.buffer <= mode.peak <= planned_bytes(plan.items)
+
+
 def test_kv_bytes_per_token_match_a_real_cache():
     model = tiny_model(seed=0)
     engine = DecodingEngine(model, eos_token_ids=[EOS_ID], pad_token_id=PAD_ID)
@@ -253,7 +381,7 @@ def test_plan_generation_reads_a_local_model_config(tmp_path):
     )
     assert (plan.batch, plan.chain_store, plan.device_note) == (8, None, "given")
     assert plan.shape.dtype == torch.float32  # dtype auto on a CPU
-    assert plan.items.kv_cache == 8 * (3 + 20) * kv_bytes_per_token(model.config, torch.float32)
+    assert plan.items.kv_cache == 8 * (3 + 20 - 1) * kv_bytes_per_token(model.config, torch.float32)
     unknown = plan_memory(model.config, "float32", method, [3], 2, None, device_type="cpu")
     assert unknown.batch == 2 and "unlimited" in unknown.reason
     with pytest.raises(UserError, match="cannot read the config"):

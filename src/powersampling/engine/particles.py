@@ -121,9 +121,17 @@ class ParticleBatch:
 
     @torch.no_grad()
     def keep_rows(self, keep: list[int]) -> None:
-        """Drop every row not in ``keep`` (in that order): later steps cost fewer rows."""
+        """Drop every row not in ``keep`` (in that order): later steps cost fewer rows.
+
+        The kept rows move to the front of the buffer, which then ends after them: no new
+        buffer is built (a copy would hold the kept rows twice at the peak). One layer at a
+        time, as in :meth:`copy_rows`: the temporary copy is one layer's kept rows.
+        """
         idx = torch.tensor(keep, device=self.device)
-        self.cache.buf = self.cache.buf.index_select(2, idx)
+        n = len(keep)
+        for layer in self.cache.buf:  # [2, rows, kv_heads, columns, head_dim]
+            layer[:, :n] = layer[:, idx]
+        self.cache.buf = self.cache.buf[:, :, :n]  # a view: later steps see n rows
         self.mask = self.mask.index_select(0, idx)
         self.pos = self.pos.index_select(0, idx)
         self.logits = self.logits.index_select(0, idx)

@@ -32,6 +32,16 @@ def static_buffer_columns(prompt_columns: int, max_new_tokens: int) -> int:
     return prompt_columns + max_new_tokens - 1
 
 
+def _buffer_layer(layer: DynamicLayer, columns: int) -> torch.Tensor:
+    """One layer of the buffer, [2, B, kv_heads, columns, head_dim], holding the prefill's
+    keys and values [B, kv_heads, P, head_dim] in its first P columns."""
+    B, kv_heads, P, head_dim = layer.keys.shape
+    buf = layer.keys.new_zeros((2, B, kv_heads, columns, head_dim))
+    buf[0, :, :, :P] = layer.keys
+    buf[1, :, :, :P] = layer.values
+    return buf
+
+
 class BufferRows:
     """Rows decoding from one preallocated buffer of ``static_buffer_columns`` columns.
 
@@ -54,14 +64,10 @@ class BufferRows:
         self.engine, self.model, self.attn_impl = engine, engine.model, attn_impl
         B, P = attn.shape
         columns = static_buffer_columns(P, max_new_tokens)
-        _, kv_heads, head_dim = kv_dims(self.model.config.get_text_config())
         layers = []
-        for i, layer in enumerate(cache.layers):  # keys, values: [B, kv_heads, P, head_dim]
-            buf = layer.keys.new_zeros((2, B, kv_heads, columns, head_dim))
-            buf[0, :, :, :P] = layer.keys
-            buf[1, :, :, :P] = layer.values
-            cache.layers[i] = None  # frees this layer of the prompt cache
-            layers.append(buf)
+        for i in range(len(cache.layers)):
+            layers.append(_buffer_layer(cache.layers[i], columns))
+            cache.layers[i] = None  # frees this layer of the prompt cache (no other reference)
         self.dtype = layers[0].dtype
         self.cache = BufferCache(layers)
         self.cache.lo, self.cache.hi = 0, P  # the first fed token goes to column P

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from powersampling.engine.rolling import buffer_columns
+from powersampling.engine.static_rows import static_buffer_columns
 from powersampling.errors import UserError
 from powersampling.memory.shapes import JobShape
 from powersampling.memory.units import (
@@ -22,15 +23,16 @@ class MemoryItems:
     """The memory of one job at a given batch, item by item, in bytes (0: not used)."""
 
     weights: int
-    kv_cache: int  # temperature/greedy: the DynamicCache, rows × (prompt + budget)
+    kv_cache: int  # temperature/greedy: the engine's buffer, rows × (prompt + budget - 1)
     buffer: int  # power: the RollingDecoder's buffer, slots × buffer_columns(max_len); smc:
     # the ParticleBatch's, rows × max_len
     bookkeeping: int  # the engine's per-row token ids, statistics and masks
     prompt_caches: int  # power, device store: one per prompt of the batch
     chain_states: int  # power, device store: each chain's answer
     host_caches: int  # power, host store: the prompt caches and answers (+ one in transit)
-    cache_transient: int  # temperature: one layer's concatenation; power: one answer replaced;
-    # smc: one layer's rows copied by a resampling
+    cache_transient: int  # temperature: one layer of the prompt cache as it is copied into the
+    # buffer; power: one answer replaced; smc: one layer's rows copied by a resampling (or
+    # kept when prompts finish)
     attention: int  # a decode step: one layer's keys/values window and float32 scores
     logits: int  # a decode step's logits and pick_tokens' float32 copies
     prefill: int  # the prefill phase: activations, padding mask, the prompt KV it builds
@@ -90,13 +92,16 @@ STATS_BYTES = 8 + 4 * 8
 
 
 def _static_items(shape: JobShape, batch: int, chain_store) -> dict[str, int]:
-    """DecodingEngine.extend: a DynamicCache of rows × (prompt + budget), which grows by
-    concatenation, so one layer's keys and values exist twice for a moment."""
-    kv, M, N = shape.kv_per_token, shape.max_len, shape.max_new_tokens
+    """DecodingEngine.extend: one preallocated buffer of rows × ``static_buffer_columns``,
+    allocated layer by layer as the prefill's cache is copied in and freed, so one layer of
+    the prompt cache exists twice for a moment. Rows that end move within the buffer
+    (nothing is allocated), and a step writes in place (nothing is concatenated)."""
+    kv, P, N = shape.kv_per_token, shape.prompt_tokens, shape.max_new_tokens
+    columns = static_buffer_columns(P, N)
     return {
-        "kv_cache": batch * M * kv,
-        "bookkeeping": batch * (8 * M + N * STATS_BYTES),  # int64 attention mask
-        "cache_transient": batch * M * kv // shape.layers,
+        "kv_cache": batch * columns * kv,
+        "bookkeeping": batch * (columns + N * STATS_BYTES),  # bool mask per column
+        "cache_transient": batch * P * kv // shape.layers,
     }
 
 
@@ -121,7 +126,8 @@ def _rolling_items(shape: JobShape, batch: int, chain_store) -> dict[str, int]:
 
 def _particle_items(shape: JobShape, batch: int, chain_store) -> dict[str, int]:
     """ParticleBatch: one preallocated buffer of rows × (prompt + budget), and while
-    particles are resampled, one layer's copied rows."""
+    particles are resampled, one layer's copied rows. When prompts finish, the kept rows
+    (at most half) move to the front one layer at a time (``keep_rows``): less than that."""
     kv, M = shape.kv_per_token, shape.max_len
     return {
         "buffer": batch * M * kv,
