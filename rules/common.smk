@@ -5,6 +5,7 @@ import sys
 
 from powersampling.config import (
     GENERATED_KINDS,
+    decoding_method,
     method_job_settings,
     shard_rows,
     n_shards,
@@ -16,6 +17,7 @@ from powersampling.config import (
     with_command_line_values,
 )
 from powersampling.errors import UserError
+from powersampling.memory.resources import generation_mem_mb
 from powersampling.samplers import sampler_class
 from powersampling.seeding import derive_seed
 from powersampling.sources import (
@@ -37,6 +39,17 @@ except UserError as err:
     sys.exit(f"Error: {err}")
 
 RUNS = planned_runs(config)
+# Host memory (MB, first attempt) of each (model, method)'s generation jobs, from the memory
+# plan each job obeys; a job that would need more than the config allows stops the run here.
+try:
+    GENERATION_MEM_MB = {
+        (run.model, run.method): generation_mem_mb(
+            config, run.model, decoding_method(config, run.method)
+        )
+        for run in RUNS
+    }
+except UserError as err:
+    sys.exit(f"Error: {err}")
 # The studies this config runs (their rules are in rules/<study>.smk).
 STUDIES_IN_CONFIG = [study.name for study in active_studies(config, RUNS)]
 # The seeds of one (task, model, method) share its generation jobs: one model load each.
@@ -113,6 +126,11 @@ def sampler_job_files(wildcards):
 def sampler_job_settings(wildcards):
     """What a generation job's sampler needs from the config beyond its method."""
     return method_job_settings(config, wildcards.method)
+
+
+def generation_mem_mb_by_attempt(wildcards, attempt):
+    """A generation job's host memory: its plan's need, grown with each retry."""
+    return GENERATION_MEM_MB[wildcards.model, wildcards.method] * attempt
 
 
 def scaled_by_attempt(first_attempt):

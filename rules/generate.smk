@@ -21,7 +21,7 @@ rule generate:
     threads: config["resources"]["generation_threads"]
     resources:
         gpu=config["resources"]["gpu"],
-        mem_mb=scaled_by_attempt(config["resources"]["generation_mem_mb"]),
+        mem_mb=generation_mem_mb_by_attempt,
         runtime=scaled_by_attempt(config["resources"]["generation_runtime_min"]),
     params:
         model=lambda wildcards: config["models"][wildcards.model],

@@ -51,17 +51,17 @@ batch that fits for every (model, method) of a config, from published shapes onl
 """
 
 from powersampling.memory.cli import main
-from powersampling.memory.configs import (
-    PlannedJob,
-    config_of_model,
-    format_table,
-    model_config,
-    plan_config,
-    plan_generation,
-)
+from powersampling.memory.configs import model_config, plan_generation
 from powersampling.memory.devices import device_memory, meminfo_available
 from powersampling.memory.items import MemoryItems, fits, host_need, memory_items
 from powersampling.memory.plans import MemoryPlan, plan_memory
+from powersampling.memory.resources import (
+    PlannedJob,
+    config_of_model,
+    format_table,
+    generation_mem_mb,
+    plan_config,
+)
 from powersampling.memory.shapes import (
     JobShape,
     attention_dims,
@@ -97,6 +97,7 @@ __all__ = [
     "device_memory",
     "fits",
     "format_table",
+    "generation_mem_mb",
     "gib",
     "host_need",
     "job_shape",

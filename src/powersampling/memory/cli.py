@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from powersampling.errors import UserError
-from powersampling.memory.configs import format_table, plan_config
+from powersampling.memory.resources import format_table, plan_config
 from powersampling.memory.units import DEFAULT_PROMPT_TOKENS, GIB, gib
 
 
@@ -31,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--host-gib",
         type=float,
         default=None,
-        help="host memory for chain states (default: the config's resources.generation_mem_mb)",
+        help="host memory for caches kept there (default: what each job asks Slurm for, "
+        "column mem_mb: the plan each job makes)",
     )
     parser.add_argument("--verbose", action="store_true", help="print every plan in full")
     args = parser.parse_args(argv)
@@ -44,8 +45,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.configfile, args.schema)
         host = args.host_gib * GIB if args.host_gib is not None else None
-        if host is None and "generation_mem_mb" in config.get("resources", {}):
-            host = config["resources"]["generation_mem_mb"] * 2**20
         device = int(args.gpu_gib * GIB)
         jobs = plan_config(
             config,
@@ -57,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    host_text = gib(host) if host is not None else "unlimited"
+    host_text = gib(host) if host is not None else "what each job is given (mem_mb)"
     print(
         f"{args.configfile}: GPU {gib(device)}, prompts of {args.prompt_tokens} tokens, "
         f"host memory {host_text}"

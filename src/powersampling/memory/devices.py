@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -16,6 +18,29 @@ def meminfo_available(text: str) -> int | None:
             value, *unit = line.split(":", 1)[1].split()
             return int(value) * (1024 if unit == ["kB"] else 1)
     return None
+
+
+def host_allocation(
+    environ: Mapping[str, str] = os.environ, cgroup_root: str | os.PathLike = "/sys/fs/cgroup"
+) -> tuple[int | None, str]:
+    """The host memory this job was given, in bytes, and where the number comes from: the
+    smallest of its cgroup's limit (``memory.max``, what the kernel enforces), Slurm's
+    ``SLURM_MEM_PER_NODE`` and ``SLURM_MEM_PER_CPU`` x the job's CPUs (MB); None when
+    nothing bounds it."""
+    limits = []
+    try:
+        text = (Path(cgroup_root) / "memory.max").read_text().strip()
+        if text.isdigit():
+            limits.append((int(text), "the cgroup's memory.max"))
+    except OSError:
+        pass
+    if environ.get("SLURM_MEM_PER_NODE", "").isdigit():
+        limits.append((int(environ["SLURM_MEM_PER_NODE"]) * 2**20, "SLURM_MEM_PER_NODE"))
+    if environ.get("SLURM_MEM_PER_CPU", "").isdigit():
+        cpus = environ.get("SLURM_CPUS_PER_TASK") or environ.get("SLURM_CPUS_ON_NODE") or "1"
+        per_cpu = int(environ["SLURM_MEM_PER_CPU"]) * 2**20
+        limits.append((per_cpu * int(cpus if cpus.isdigit() else 1), "SLURM_MEM_PER_CPU x CPUs"))
+    return min(limits) if limits else (None, "no host memory limit known")
 
 
 def _cgroup_free() -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,9 @@ from powersampling.errors import UserError
 from powersampling.memory.items import MemoryItems, host_need, largest_batch, memory_items
 from powersampling.memory.shapes import JobShape, job_shape, resolve_dtype
 from powersampling.memory.units import CHAIN_STORES, HEADROOM, RESERVE_BYTES, gib
+
+# Asked for on top of a plan's host need: the allocator's and the loader's slack.
+HOST_MARGIN = 0.10
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,12 @@ class MemoryPlan:
     @property
     def host_need(self) -> int:
         return host_need(self.items)
+
+    def host_request_mb(self, on_cpu: bool = False) -> int:
+        """MB of host memory a job with this plan asks the cluster for: the host need (on a
+        CPU, where the device is the host, the whole peak) plus :data:`HOST_MARGIN`."""
+        need = self.peak if on_cpu else self.host_need
+        return math.ceil(need * (1 + HOST_MARGIN) / 2**20)
 
     def describe(self) -> str:
         """A short multi-line plan for the job's log."""
