@@ -331,6 +331,47 @@ def test_smc_plan_bounds_a_real_run_whose_prompts_finish_apart(monkeypatch):
     assert plan.items.buffer <= mode.peak <= planned_bytes(plan.items)
 
 
+def test_power_plan_bounds_a_real_run_whose_chains_end_apart(monkeypatch):
+    """Chains of budgets 24, 4, 24 and 8 end apart: the rolling batch shrinks to its busy
+    slots in the tail, moving them within the buffer (a new buffer of them would be half the
+    old one on top of it), and the run's peak stays within the plan."""
+    from powersampling.samplers.power import PowerSampler
+    from powersampling.seeding import torch_generator
+
+    model = deep_model()
+    engine = DecodingEngine(model, [], PAD_ID)
+    method = {"sampler": "power", "max_new_tokens": 24, "block_size": 8, "mcmc_steps": 3}
+    sampler = PowerSampler(engine, alpha=2.0, max_new_tokens=24, block_size=8, mcmc_steps=3)
+    prompts = [[3] * 10, [4] * 6, [5] * 8, [6] * 10]
+    lengths = [len(p) for p in prompts]
+    plan = plan_memory(
+        model.config,
+        torch.float32,
+        method,
+        lengths,
+        4,
+        None,
+        chain_store="device",
+        device_type="cpu",
+    )
+    assert plan.chain_store == "device"
+    mode, shrinks = LiveBytes(), []
+    shrink = RollingDecoder._shrink
+
+    def watched(self):  # what shrinking the batch allocates on top of it
+        before = mode.live
+        mode.open_window()
+        shrink(self)
+        shrinks.append(mode.window_peak - before)
+
+    monkeypatch.setattr(RollingDecoder, "_shrink", watched)
+    with mode:
+        sampler.sample(prompts, torch_generator(0), budgets=[24, 4, 24, 8])
+    # One layer's busy slots over their live columns, within the decode step's one layer.
+    assert shrinks and max(shrinks) <= plan.items.attention
+    assert plan.items.buffer <= mode.peak <= planned_bytes(plan.items)
+
+
 def test_kv_bytes_per_token_match_a_real_cache():
     model = tiny_model(seed=0)
     engine = DecodingEngine(model, eos_token_ids=[EOS_ID], pad_token_id=PAD_ID)

@@ -125,15 +125,18 @@ def test_buffer_compaction_and_shrinking_keep_results(model):
 
 
 def test_batch_shrinks_and_grows_back(model):
-    """Three of four rows end after 2 steps: the batch shrinks; four late rows grow it back."""
+    """Three of four rows end after 2 steps: the batch shrinks; four late rows grow it back,
+    within the same buffer."""
     engine = DecodingEngine(model, [], PAD_ID)
     decoder = RollingDecoder(engine, slots=4, max_len=24, greedy=True)
     rows = [(PREFIXES[k], b, k) for k, b in enumerate([2, 2, 2, 12])]
     late = [(PREFIXES[k], 5 + k, f"late{k}") for k in range(4)]
-    sizes = []
+    sizes, storage = [], decoder.cache.buf.untyped_storage().data_ptr()
     decoder.step = record_sizes(decoder.step, decoder, sizes)
     done = run(decoder, rows, {4: late})
     assert sizes[:6] == [4, 4, 1, 1, 4, 4]  # after step 4: one running row + three joined
+    # Shrinking and growing take views of the one allocation: no second buffer is built.
+    assert decoder.cache.buf.untyped_storage().data_ptr() == storage
     prefixes = PREFIXES[:4] + PREFIXES[:4]
     budgets = [2, 2, 2, 12, 5, 6, 7, 8]
     check_same_as_extend(engine, done, prefixes, budgets, list(range(4)) + [r[2] for r in late])

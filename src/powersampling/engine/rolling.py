@@ -77,7 +77,7 @@ class RollingDecoder:
     The buffer holds :func:`buffer_columns` (``max_len`` plus a spare); when it is full, the
     live columns are moved back, one layer at a time. When the queue is empty and at most
     half the slots are busy, the batch is shrunk to the busy slots (and grown again, up to
-    ``slots``, when rows wait).
+    ``slots``, when rows wait), within the same allocation.
 
     Sampling is that of :meth:`DecodingEngine.extend` (temperature, top-k, greedy), with
     the same per-token ``log p``, ``log q``, entropy and top-1. Draws come from
@@ -159,7 +159,9 @@ class RollingDecoder:
     def _alloc(self, slots: int) -> None:
         d, C = self.device, buffer_columns(self.max_len)
         shape = (self.n_layers, 2, slots, self.kv_heads, C, self.head_dim)
-        self.cache = BufferCache(torch.zeros(shape, dtype=self.dtype, device=d))
+        # The whole allocation: shrinking and growing the batch take views of its first slots.
+        self.slot_storage = torch.zeros(shape, dtype=self.dtype, device=d)
+        self.cache = BufferCache(self.slot_storage)
         self.cache.lo = self.cache.hi = self.max_len  # room on the left for any joining row
         self.mask = torch.zeros((slots, C), dtype=torch.bool, device=d)  # [S, C] attendable
         self.next_tok = torch.zeros(slots, dtype=torch.long, device=d)  # fed at the next step
@@ -311,11 +313,19 @@ class RollingDecoder:
         self.compactions += 1
 
     def _shrink(self) -> None:
-        """Keep only the busy slots (cheaper steps in the tail of a run)."""
+        """Keep only the busy slots (cheaper steps in the tail of a run).
+
+        The busy slots' live columns move to the front of the buffer one layer at a time
+        (the temporary copy is one layer's busy slots, never a second buffer), and the batch
+        becomes a view of its first slots.
+        """
         keep = [s for s, t in enumerate(self.tags) if t is not None]
         idx = torch.tensor(keep, device=self.device)
-        c = self.cache
-        c.buf = c.buf[:, :, idx]
+        c, n = self.cache, len(keep)
+        lo = min(self.start[s] for s in keep)  # columns left of every busy row are padding
+        for layer in c.buf:  # [2, S, kv_heads, C, head_dim]
+            layer[:, :n, :, lo : c.hi] = layer[:, idx, :, lo : c.hi]
+        c.buf = self.slot_storage[:, :, :n]
         for name in ["mask", "next_tok", "pos", "n_gen", "budget", "busy_t", "tok_buf"]:
             setattr(self, name, getattr(self, name)[idx])
         self.stats = self.stats[idx]
@@ -324,10 +334,14 @@ class RollingDecoder:
         self.start = [self.start[s] for s in keep]
 
     def _grow(self, n: int) -> list[int]:
-        """Add ``n`` free slots (after a shrink, when rows wait); returns their indices."""
+        """Add ``n`` free slots (after a shrink, when rows wait); returns their indices.
+
+        The batch becomes a view of more of the allocation's slots: nothing is copied. The
+        new slots hold stale keys of earlier rows, which their masks hide (a free slot
+        attends to its own column only, a joining row to the columns it writes).
+        """
         S, c = len(self.tags), self.cache
-        pad = c.buf.new_zeros((*c.buf.shape[:2], n, *c.buf.shape[3:]))
-        c.buf = torch.cat([c.buf, pad], dim=2)
+        c.buf = self.slot_storage[:, :, : S + n]  # S + n <= slots, the allocation
         for name in ["mask", "next_tok", "pos", "n_gen", "busy_t", "tok_buf"]:
             t = getattr(self, name)
             setattr(self, name, torch.cat([t, t.new_zeros((n, *t.shape[1:]))]))

@@ -31,11 +31,11 @@ The model of one job, in bytes (``B`` rows, the longest prompt ``P``, ``N`` new 
 * **temporaries**: a decode step's logits (:func:`~powersampling.engine.pick_tokens` keeps
   about :data:`LOGITS_FLOAT32_COPIES` float32 copies of them), one layer's keys and values
   over the row window (an attention kernel's copy of a strided window, or the rolling
-  buffer's layer-by-layer compaction, which happens between steps), and the prefill of the
-  batch (activations of B × P tokens at the widest point of a layer, the padding mask, and
-  the DynamicCache of B × P × kv it fills, which the decoders copy into their buffers). The
-  prefill ends before the decode starts, so the peak takes the larger of the two phases,
-  not their sum.
+  buffer's layer-by-layer compaction or shrinking to its busy slots, which happen between
+  steps and allocate no second buffer), and the prefill of the batch (activations of B × P
+  tokens at the widest point of a layer, the padding mask, and the DynamicCache of
+  B × P × kv it fills, which the decoders copy into their buffers). The prefill ends before
+  the decode starts, so the peak takes the larger of the two phases, not their sum.
 * **reserve**: :data:`RESERVE_BYTES` for the CUDA context and library workspaces, and
   :data:`HEADROOM` (a fraction of everything else) for allocator fragmentation.
 * **host memory**: the weights (loading goes through host memory) and the reserve, plus,

@@ -107,7 +107,9 @@ def _static_items(shape: JobShape, batch: int, chain_store) -> dict[str, int]:
 
 def _rolling_items(shape: JobShape, batch: int, chain_store) -> dict[str, int]:
     """RollingDecoder: its preallocated buffer, plus the prompts' caches and the chains'
-    answers between proposals, on the device or in pinned host memory (``chain_store``)."""
+    answers between proposals, on the device or in pinned host memory (``chain_store``).
+    Shrinking the batch to its busy slots moves them within the buffer one layer at a time,
+    like a compaction (in ``attention``), and growing it back allocates nothing."""
     if chain_store not in CHAIN_STORES:
         raise UserError(f"chain_store must be one of {CHAIN_STORES} (got {chain_store!r})")
     kv, P, N, M = shape.kv_per_token, shape.prompt_tokens, shape.max_new_tokens, shape.max_len
