@@ -17,6 +17,12 @@ from powersampling.config import (
     with_command_line_values,
 )
 from powersampling.errors import UserError
+from powersampling.plan import (
+    calibration_seed,
+    calibration_targets,
+    slice_rows,
+    time_plan,
+)
 from powersampling.memory.resources import generation_mem_mb
 from powersampling.samplers import sampler_class
 from powersampling.seeding import derive_seed
@@ -55,6 +61,33 @@ STUDIES_IN_CONFIG = [study.name for study in active_studies(config, RUNS)]
 # The seeds of one (task, model, method) share its generation jobs: one model load each.
 SEEDS = run_seeds(config)
 SHARD_FILE = "{task}/{model}/{method}/shard{shard}.parquet"
+# The calibrations (rules/calibration.smk): each (model, method) of the runs, on one task.
+CALIBRATIONS = {(t.task, t.model, t.method): t for t in calibration_targets(config)}
+CALIBRATION_DIR = "results/calibration"
+
+
+def make_time_plan():
+    """The time plan (python -m powersampling.plan), with the calibrations made so far."""
+    from pathlib import Path
+
+    try:
+        measured = CALIBRATION_DIR if Path(CALIBRATION_DIR).is_dir() else None
+        return time_plan(config, calibration_dir=measured)
+    except UserError as err:  # a calibration file it cannot read: plan without them
+        print(
+            f"Warning: {err}; the time plan ignores the calibrations", file=sys.stderr
+        )
+        return time_plan(config)
+
+
+# Each generation and calibration job's runtime comes from it; a generation job predicted
+# over resources.max_runtime_min stops the run here, before any job starts.
+try:
+    TIME_PLAN = make_time_plan()
+except UserError as err:
+    sys.exit(f"Error: {err}")
+if TIME_PLAN.over_cap():
+    sys.exit("Error: the time plan refuses:\n  " + "\n  ".join(TIME_PLAN.over_cap()))
 
 
 wildcard_constraints:
@@ -133,6 +166,54 @@ def generation_mem_mb_by_attempt(wildcards, attempt):
     return GENERATION_MEM_MB[wildcards.model, wildcards.method] * attempt
 
 
+def generation_runtime(wildcards, attempt):
+    """A generation job's runtime (minutes): its predicted time (the time plan) x
+    resources.runtime_safety_factor, at least generation_runtime_min, x attempt, at most
+    max_runtime_min."""
+    shard = (wildcards.task, wildcards.model, wildcards.method, int(wildcards.shard))
+    return TIME_PLAN.runtime_min(TIME_PLAN.job(*shard), attempt)
+
+
+def calibration_mem_mb(wildcards, attempt):
+    """A calibration job's host memory: a generation job's of its method, grown on retries."""
+    method = config["methods"][wildcards.method]
+    return generation_mem_mb(config, wildcards.model, method) * attempt
+
+
+def calibration_runtime(wildcards, attempt):
+    """A calibration job's runtime, from the time plan as a generation job's."""
+    job = TIME_PLAN.calibrations[wildcards.model, wildcards.method]
+    return TIME_PLAN.runtime_min(job, attempt)
+
+
+def calibration_target(wildcards):
+    key = (wildcards.task, wildcards.model, wildcards.method)
+    if key not in CALIBRATIONS:
+        raise ValueError(f"{'/'.join(key)} is not a calibration of this config")
+    return CALIBRATIONS[key]
+
+
+def calibration_paths():
+    return [target.path for target in CALIBRATIONS.values()]
+
+
+def calibration_inputs(wildcards):
+    """What a calibration job reads: as a generation job of its method on its task."""
+    calibration_target(wildcards)
+    return {
+        **model_inputs(wildcards),
+        **sampler_job_files(wildcards),
+        "data": f"data/{wildcards.task}.parquet",
+    }
+
+
+def calibration_params(wildcards):
+    """The slice a calibration runs, and the problems of the shard it is taken from."""
+    target = calibration_target(wildcards)
+    start, stop = shard_rows(config, target.task, 0)
+    return {"rows": slice_rows(config, target), "shard_problems": stop - start}
+
+
 def scaled_by_attempt(first_attempt):
     """A resource that grows with each retry, so a job killed for memory or time can pass."""
     return lambda wildcards, attempt: first_attempt * attempt
@@ -193,6 +274,8 @@ def all_outputs():
             for study in active_studies(config, RUNS)
             for path in study.outputs(config)
         ),
+        "results/calibration/calibration.parquet",
+        "results/tables/cost.parquet",
         "results/config.yaml",
     ]
 

@@ -22,7 +22,7 @@ rule generate:
     resources:
         gpu=config["resources"]["gpu"],
         mem_mb=generation_mem_mb_by_attempt,
-        runtime=scaled_by_attempt(config["resources"]["generation_runtime_min"]),
+        runtime=generation_runtime,
     params:
         model=lambda wildcards: config["models"][wildcards.model],
         method=lambda wildcards: config["methods"][wildcards.method],

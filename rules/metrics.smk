@@ -1,4 +1,5 @@
-"""Metric tables over every graded shard: accuracy with CIs, pass@k, sampler diagnostics."""
+"""Metric tables over every graded shard: accuracy with CIs, pass@k, sampler diagnostics;
+the time plan against what the generation jobs spent."""
 
 
 rule collect_metrics:
@@ -27,6 +28,29 @@ rule collect_metrics:
         seed=config["seed"],
     script:
         "../workflow/scripts/collect_metrics.py"
+
+
+rule collect_cost:
+    input:
+        generations=shard_paths("generations"),
+        calibrations=calibration_paths(),
+    output:
+        cost="results/tables/cost.parquet",
+        cost_csv="results/tables/cost.csv",
+        cost_html=report(
+            "results/tables/cost.html",
+            caption="../reports/cost_table.rst",
+            category="9. Cost",
+            labels={"table": "time plan against the generation jobs"},
+        ),
+    log:
+        "logs/collect_cost.log",
+    conda:
+        "../environment.yml"
+    params:
+        config=config,
+    script:
+        "../workflow/scripts/collect_cost.py"
 
 
 rule export_alpaca_eval:

@@ -39,6 +39,10 @@ def test_defaults_are_filled_in():
     config = validate_config(default_config(), SCHEMA)
     assert config["report"]["ci_level"] == 0.95
     assert config["resources"]["gpu"] == 0
+    # Runtimes: the time plan's prediction x 2, at least 60 and at most 2,880 minutes.
+    runtimes = ("generation_runtime_min", "runtime_safety_factor", "max_runtime_min")
+    assert [config["resources"][k] for k in runtimes] == [60, 2, 2880]
+    assert config["calibration"] == {"problems": 2, "answer_tokens": None}
     assert config["models"]["toy"]["dtype"] == "auto"
     assert config["tasks"]["arithmetic"]["source"] is None
 
@@ -70,6 +74,10 @@ def _error_for(mutate) -> str:
         (lambda c: c["tasks"]["arithmetic"].pop("limit"), "tasks.arithmetic.limit"),
         (lambda c: c.update(tasks={}), "tasks: {} should be non-empty"),
         (lambda c: c["resources"].update(gpu="one"), "resources.gpu"),
+        (lambda c: c["resources"].update(runtime_safety_factor=0.5), "resources.runtime_safety"),
+        (lambda c: c["resources"].update(max_runtime_min=0), "resources.max_runtime_min"),
+        (lambda c: c.update(calibration={"problems": 0}), "calibration.problems"),
+        (lambda c: c.update(calibration={"repeats": 3}), "calibration: unknown key(s) 'repeats'"),
         (lambda c: c["toy"]["train"].update(steps=0), "toy.train.steps"),
         (
             lambda c: c["experiments"][0].update(methods=["beam_search"]),

@@ -1,5 +1,5 @@
-"""Stages of ``rules/metrics.smk``: the metric tables over every graded shard, and
-AlpacaEval's export and judge."""
+"""Stages of ``rules/metrics.smk``: the metric tables over every graded shard, the time
+plan against what the generation jobs spent, and AlpacaEval's export and judge."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 from powersampling import io
 from powersampling.errors import UserError
 from powersampling.stages.common import Log, no_log
-from powersampling.stages.html import accuracy_html
+from powersampling.stages.html import ACCURACY_STYLE, accuracy_html, html_page, html_table
 
 
 def collect_metrics(
@@ -46,6 +46,61 @@ def collect_metrics(
     io.write_text_atomic(outputs["accuracy_html"], accuracy_html(accuracy, level))
     log(f"metrics over {len(graded)} graded rows from {len(graded_paths)} shards")
     return accuracy
+
+
+def collect_cost(
+    *,
+    generation_paths: Sequence[str],
+    config: dict[str, Any],
+    calibration_paths: Sequence[str],
+    outputs: dict[str, str],
+    log: Log = no_log,
+) -> pd.DataFrame:
+    """The cost table (:func:`powersampling.plan.cost.cost_table`: predicted against actual
+    decode time and tokens per (task, model, method)) as Parquet, CSV and an HTML page, from
+    the time plan with the config's calibrations (``calibration_paths``, each
+    ``<folder>/<task>/<model>/<method>.parquet``)."""
+    from powersampling.plan import time_plan
+    from powersampling.plan.cost import cost_table, job_comparison
+
+    columns = ["task", "model", "method", "seed", "shard", "tokens_decoded"]
+    columns.append("shard_decode_time_s")
+    generations = pd.concat(
+        [pd.read_parquet(path, columns=columns) for path in generation_paths], ignore_index=True
+    )
+    folder = Path(calibration_paths[0]).parents[2] if calibration_paths else None
+    plan = time_plan(config, calibration_dir=folder)
+    table = cost_table(plan, generations)
+    io.write_table(table, outputs["cost"])
+    io.write_text_atomic(outputs["cost_html"], cost_html(table))
+    jobs = job_comparison(plan, generations)
+    log(
+        f"cost of {len(jobs)} generation jobs: predicted decode time off by "
+        f"{jobs['decode_error'].abs().median():.0%} (median), "
+        f"{table['calibrated'].sum()} of {len(table)} (task, model, method) calibrated"
+    )
+    return table
+
+
+def cost_html(table: pd.DataFrame) -> str:
+    """The cost table as a small standalone HTML page for the report."""
+    shown = table[
+        ["task", "model", "method", "jobs", "answers", "calibrated", "tokens_from"]
+    ].copy()
+    shown["tokens / answer (predicted, actual)"] = [
+        f"{p:,.0f}, {a:,.0f}"
+        for p, a in zip(
+            table["predicted_tokens_per_answer"], table["tokens_per_answer"], strict=True
+        )
+    ]
+    shown["decode s (predicted, actual)"] = [
+        f"{p:,.1f}, {a:,.1f}"
+        for p, a in zip(table["predicted_decode_s"], table["decode_s"], strict=True)
+    ]
+    for name in ["decode_error", "median_job_error", "worst_job_error"]:
+        shown[name] = [f"{e:+.0%}" for e in table[name]]
+    heading = "<h3>Time plan against the generation jobs: decode time and tokens</h3>"
+    return html_page("Cost", heading + html_table(shown), style=ACCURACY_STYLE)
 
 
 def export_alpaca_eval(

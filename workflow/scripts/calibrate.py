@@ -1,0 +1,25 @@
+"""Calibrate one (model, method): its speeds on a short slice of a real shard."""
+
+import os
+
+# As a generation job: models are read from local folders, never from the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from shard_job import shard_job
+
+from powersampling.logs import job_log
+from powersampling.stages.calibration import calibrate
+
+with job_log(snakemake.log[0]) as log:
+    calibrate(
+        shard_job(snakemake, shard=0),
+        method_name=snakemake.wildcards.method,
+        method=snakemake.params.method,
+        seed=snakemake.params.seed,
+        shard_problems=snakemake.params.shard_problems,
+        generation=snakemake.params.generation,
+        out_path=snakemake.output[0],
+        sampler_files={name: snakemake.input[name] for name in snakemake.params.sampler_files},
+        sampler_settings=snakemake.params.sampler_settings,
+        log=log.info,
+    )
