@@ -120,7 +120,8 @@ def test_every_manual_is_linked_from_another():
 def planned_jobs(cfg: dict) -> Counter:
     """Jobs per rule of ``snakemake -n`` on a fresh checkout, from the library's planning
     (the rules' own helpers in rules/common.smk, restated): one generation and one grading
-    job per shard of every (task, model, method), one data job per task and one model job per
+    job per shard of every (task, model, method), one calibration per (model, method) that
+    decodes rows, one data job per task and one model job per
     model the runs and studies read, the studies' jobs, one plot per figure of the studies
     the config runs. A slow test below compares this with Snakemake's own count."""
     from powersampling.plots import FIGURES
@@ -129,8 +130,13 @@ def planned_jobs(cfg: dict) -> Counter:
 
     runs = planned_runs(cfg)
     studies = {study.name for study in active_studies(cfg, runs)}
+    from powersampling.plan import calibration_targets
+
     jobs: Counter[str] = Counter(config_snapshot=1, collect_metrics=1, all=1)
     jobs["generate"] = jobs["grade"] = sum(n_shards(cfg, task) for task, _, _ in run_seeds(cfg))
+    # One calibration per (model, decoded method), their table, and the cost table.
+    jobs["calibrate"] = len(calibration_targets(cfg))
+    jobs["collect_calibration"] = jobs["collect_cost"] = 1
     read = {(run.task, run.model) for run in runs}
     for study in ("logit_lens", "patching"):
         if study in studies:
