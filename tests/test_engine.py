@@ -11,6 +11,7 @@ from helpers_models import EOS_ID, PAD_ID, VOCAB_SIZE, full_logits, one_torch_th
 from scipy import stats
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from powersampling.engine import DecodingEngine, TokenStats, log_q, pick_tokens
 from powersampling.engine.batch import cache_argument
@@ -233,10 +234,29 @@ class DecodeTensorSizes(TorchDispatchMode):
         return out
 
 
-def test_decode_steps_do_not_copy_the_cache(model):
+def test_decode_steps_do_not_copy_the_cache():
     """Decoding writes into a preallocated buffer: from the first decode step on, nothing as
     large as one layer's keys is created, not even when rows leave (a DynamicCache would
-    concatenate each layer's keys and values at every step)."""
+    concatenate each layer's keys and values at every step). The model has as many KV
+    heads as heads: with grouped-query attention, transformers < 5.24 expands the keys to
+    every head in attention, a copy of the kernel's, not of the cache."""
+    config = Qwen2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        initializer_range=0.3,  # peaked distributions, as tiny_model's: well-separated choices
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(config).eval()
     prefixes = [[3] * 30, [4, 5], [6, 7, 8]]
     budgets = [4, 20, 12]  # the long row leaves first, then the others one by one
     mode = DecodeTensorSizes(model)
@@ -245,10 +265,8 @@ def test_decode_steps_do_not_copy_the_cache(model):
             ext = engine_for(model).extend(prefixes, budgets, greedy=True)
     finally:
         mode.handle.remove()
-    cfg = model.config
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
     # One layer's keys of the smallest batch the steps run: 1 row over its own 3 + 11 columns.
-    smallest_layer_keys = 1 * cfg.num_key_value_heads * 14 * head_dim
+    smallest_layer_keys = 1 * 4 * 14 * (32 // 4)
     assert mode.sizes and max(mode.sizes) < smallest_layer_keys
     assert [len(t) for t in ext.tokens] == budgets
     for i, prefix in enumerate(prefixes):  # and the rows are those of uncached decoding
