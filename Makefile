@@ -71,13 +71,14 @@ clean:
 # The engine, truncation, LogitLens and patching tests on the oldest transformers
 # pyproject.toml allows, installed beside the venv's own (not over it) and put first on
 # PYTHONPATH. It needs an older huggingface_hub
-# (< 2: the one that talks httpx) and tokenizers (<= 0.23.0) than the latest transformers;
+# (< 2: the one that talks httpx), tokenizers (<= 0.23.0) and kernels (0.12: newer ones refuse
+# 5.5's hub-kernel table at import) than the latest transformers;
 # they are installed with it, --no-deps keeps torch, numpy and the rest the venv's.
 # `make test-transformers-floor TRANSFORMERS_FLOOR=5.4.0` passes too, except for OLMoE,
 # whose 5.4.0 config the huggingface_hub 1.x of today rejects (see pyproject.toml).
 TRANSFORMERS_FLOOR ?= 5.5.0
 FLOOR := $(VENV)/transformers-$(TRANSFORMERS_FLOOR)
-FLOOR_PACKAGES := "transformers==$(TRANSFORMERS_FLOOR)" "huggingface_hub>=1.5,<2" \
+FLOOR_PACKAGES := "transformers==$(TRANSFORMERS_FLOOR)" "huggingface_hub>=1.5,<2" "kernels>=0.12,<0.13" \
 	"tokenizers>=0.22,<=0.23.0" "httpx<1" "httpcore<2"
 FLOOR_TESTS := tests/test_engine.py tests/test_rolling.py tests/test_power.py \
 	tests/test_model_families.py tests/test_truncation.py tests/test_logit_lens.py \
