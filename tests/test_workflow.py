@@ -214,7 +214,9 @@ def test_config_values_override_the_default_config(tmp_path):
     default = yaml.safe_load((workdir / "config/config.yaml").read_text())
     assert snapshot["seed"] == 3
     # Keys not given keep their defaults.
-    assert snapshot["generation"] == {"batch_size": 8, "progress": True, "device_memory_gib": None}
+    assert snapshot["generation"] == {
+        "batch_size": 8, "progress": True, "device_memory_gib": None, "plan_prompt_tokens": 512
+    }  # fmt: skip
     assert snapshot["methods"] == default["methods"] and snapshot["tasks"].keys() == {
         *default["tasks"]
     }
