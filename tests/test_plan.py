@@ -394,3 +394,28 @@ def test_the_cost_table_sets_the_prediction_against_the_rows(test_config, tmp_pa
     assert row.decode_s == pytest.approx(1.5 * predicted)
     assert row.decode_error == pytest.approx(2 / 1.5 - 1)
     assert row.time_per_answer_s == pytest.approx(1.5 * predicted / 96)
+
+
+def test_the_manuals_paper_numbers_are_the_plans(paper_config):
+    """docs/plan.md quotes the paper config's plan: recomputed here, so a change to the
+    memory plan, the cost models or the assumptions that moves them fails until the manual
+    says the new numbers."""
+    text = re.sub(r"\s+", " ", (ROOT / "docs" / "plan.md").read_text())
+    quote = re.search(r"the plan is ([\d,]+) jobs and ([\d,]+) GPU-hours", text)
+    plan = time_plan(paper_config)
+    total_h = sum(j.total_s for j in plan.jobs) / 3600
+    assert int(quote[1]) == len(plan.jobs) and int(quote[2].replace(",", "")) == round(total_h)
+    longest = max(plan.jobs, key=lambda j: j.total_s)
+    quote = re.search(r"power sampling of an AlpacaEval shard, is predicted at (\d+) hours", text)
+    assert (longest.task, longest.model, longest.method) == (
+        "alpaca", "phi-3.5-mini-instruct", "power"
+    )  # fmt: skip
+    assert int(quote[1]) == round(longest.total_s / 3600)
+    assert f"fits {longest.cost.batch} chains at once" in text
+    typical = time_plan(paper_config, answer_tokens=600)
+    quote = re.search(r"`--answer-tokens 600`\) the plan is ([\d,]+) GPU-hours", text)
+    assert int(quote[1]) == round(sum(j.total_s for j in typical.jobs) / 3600)
+    calibrations = sum(j.total_s for j in plan.calibrations.values()) / 3600
+    quote = re.search(r"calibration is (\d+) jobs, predicted at ([\d.]+) GPU-hours", text)
+    assert int(quote[1]) == len(plan.calibrations)
+    assert float(quote[2]) == round(calibrations, 1)
