@@ -37,7 +37,7 @@ class Device:
 
     def describe(self) -> str:
         return (
-            f"{self.name}: {self.bandwidth / 1e12:.2f} TB/s, {self.flops / 1e12:.1f} TFLOP/s, "
+            f"{self.name}: {self.bandwidth / 1e9:,.0f} GB/s, {self.flops / 1e9:,.0f} GFLOP/s, "
             f"{self.layer_overhead_s * 1e3:.2f} ms per layer and step, load "
             f"{self.load_fixed_s:.0f} s + weights at {self.load_bytes_per_s / 1e9:.1f} GB/s "
             f"({self.source})"
