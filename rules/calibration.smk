@@ -26,6 +26,7 @@ rule calibrate:
         rows=lambda wildcards: calibration_params(wildcards)["rows"],
         shard_problems=lambda wildcards: calibration_params(wildcards)["shard_problems"],
         seed=calibration_seed(config),
+        min_timed_s=config["calibration"]["min_timed_s"],
         generation=config["generation"],
         device=config["device"],
         sampler_files=lambda wildcards: list(sampler_job_files(wildcards)),

@@ -42,7 +42,7 @@ def test_defaults_are_filled_in():
     # Runtimes: the time plan's prediction x 2, at least 60 and at most 2,880 minutes.
     runtimes = ("generation_runtime_min", "runtime_safety_factor", "max_runtime_min")
     assert [config["resources"][k] for k in runtimes] == [60, 2, 2880]
-    assert config["calibration"] == {"problems": 2, "answer_tokens": None}
+    assert config["calibration"] == {"problems": 2, "min_timed_s": 5.0, "answer_tokens": None}
     assert config["models"]["toy"]["dtype"] == "auto"
     assert config["tasks"]["arithmetic"]["source"] is None
 

@@ -89,6 +89,7 @@ def flag(args: str, name: str) -> str:
     return re.search(rf"(?:^| ){name}[ =](\S+)", args).group(1)
 
 
+@pytest.mark.slow  # a minute each: Snakemake submits every shard of a paper-scale DAG
 @pytest.mark.parametrize("name", ["paper.yaml", "truncation.yaml", "dps.yaml"])
 def test_submit_lines_carry_the_generation_jobs_memory_plan(name, tmp_path):
     config = load_config(ROOT / "config" / name, SCHEMA)

@@ -19,6 +19,7 @@ with job_log(snakemake.log[0]) as log:
         shard_problems=snakemake.params.shard_problems,
         generation=snakemake.params.generation,
         out_path=snakemake.output[0],
+        min_timed_s=snakemake.params.min_timed_s,
         sampler_files={name: snakemake.input[name] for name in snakemake.params.sampler_files},
         sampler_settings=snakemake.params.sampler_settings,
         log=log.info,

@@ -5,7 +5,7 @@ What is measured, and why so (the time plan, :mod:`powersampling.plan`, reads it
 model's load time; a prefill's tokens per second (one forward pass over the call's prompts,
 timed the second time, after a warm-up); the call through the same
 :func:`~powersampling.generation.generate_shard`, memory plan and batch as a generation job
-(repeated with the same seed until :data:`MIN_TIMED_S` were timed, at most :data:`MAX_CALLS`
+(repeated with the same seed until ``calibration.min_timed_s`` were timed, at most :data:`MAX_CALLS`
 times, its median time taken), whose time less that prefill gives the decode tokens per
 second at the call's rows; tokens
 decoded per answer; and the peak memory (CUDA's allocator peak, or the process's peak RSS on
@@ -44,6 +44,7 @@ def calibrate(
     shard_problems: int,
     generation: dict[str, Any],
     out_path,
+    min_timed_s: float = 5.0,
     sampler_files: dict[str, str] | None = None,
     sampler_settings: dict[str, Any] | None = None,
     log: Log = no_log,
@@ -91,7 +92,7 @@ def calibrate(
             budgets=budgets, progress=False, log=log,
         )  # fmt: skip
 
-    frame, times = timed_calls(call)
+    frame, times = timed_calls(call, min_timed_s)
     row = calibration_row(
         frame, prompts, load_s=load_s, prefill_s=prefill_s, device=device, threads=job.threads
     )
@@ -117,17 +118,17 @@ def calibrate(
     return table
 
 
-# A call is repeated (same seed: the same tokens) until this much was timed, at most
-# MAX_CALLS times, and its median time taken: one short call on a busy machine is noise.
-# On a GPU a call of a real shard is longer than this: it runs once.
-MIN_TIMED_S = 5.0
+# A call is repeated (same seed: the same tokens) until ``min_timed_s`` (config
+# calibration.min_timed_s) were timed, at most MAX_CALLS times, and its median time taken:
+# one short call on a busy machine is noise. On a GPU a call of a real shard is longer: it
+# runs once.
 MAX_CALLS = 5
 
 
-def timed_calls(call) -> tuple[pd.DataFrame, list[float]]:
+def timed_calls(call, min_timed_s: float = 5.0) -> tuple[pd.DataFrame, list[float]]:
     """``call()``'s rows (the last call's) and every call's time in the sampler."""
     times: list[float] = []
-    while not times or (sum(times) < MIN_TIMED_S and len(times) < MAX_CALLS):
+    while not times or (sum(times) < min_timed_s and len(times) < MAX_CALLS):
         frame = call()
         times.append(float(frame["shard_decode_time_s"].iloc[0]))
     return frame, times
