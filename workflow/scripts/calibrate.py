@@ -4,6 +4,9 @@ import os
 
 # As a generation job: models are read from local folders, never from the hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# On CUDA, let the allocator grow segments instead of stranding fragments: a plan can use
+# all but a few percent of the card. Set before torch loads; a user's own setting wins.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 from shard_job import shard_job
 

@@ -5,6 +5,9 @@ import os
 # Models are read from local folders (staged by download_model): a compute node never
 # reaches for the hub, which may be slow, rate-limited or unreachable from there.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# On CUDA, let the allocator grow segments instead of stranding fragments: a plan can use
+# all but a few percent of the card. Set before torch loads; a user's own setting wins.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 from shard_job import shard_job
 
