@@ -67,12 +67,14 @@ def calibrate(
     decoded = sampler.decoded_method(method, sampler_settings)
     rows_per_prompt = sampler_class(decoded["sampler"]).rows_per_prompt(method_params(decoded))
     slice_prompts = ShardPrompts(inputs.rows, inputs.prompts, inputs.prompt_ids).subset(keep)
-    plan = _memory_plan(job, decoded, slice_prompts, generation, method_name)
+    plan = job.memory_plan(
+        decoded, slice_prompts.ids, generation, f"{job.model_name} / {method_name} (calibration)"
+    )
     log(plan.describe())
     n_prompts = min(max(1, plan.batch // rows_per_prompt), shard_problems)
     problems, prompts = repeated(inputs.problems.iloc[keep], slice_prompts, n_prompts)
     log(f"calibration: {len(keep)} problems repeated to {n_prompts} prompts, seed {seed}")
-    budgets = _row_budgets(job, prompts, decoded)
+    budgets = job.row_budgets(prompts, decoded)
     device = resolve_device(job.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -241,41 +243,6 @@ def _synchronize(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _memory_plan(job: ShardJob, decoded, prompts: ShardPrompts, generation, method_name):
-    """The memory plan a generation job of the method makes, on this job's device."""
-    from powersampling.memory import plan_generation
-    from powersampling.models import resolve_device
-
-    device_gib = generation.get("device_memory_gib")
-    return plan_generation(
-        job.source,
-        decoded,
-        prompts.ids,
-        generation.get("batch_size", 32),
-        dtype=job.model.get("dtype", "auto"),
-        device=resolve_device(job.device),
-        device_bytes=None if device_gib is None else int(device_gib * 2**30),
-        name=f"{job.model_name} / {method_name} (calibration)",
-        quantization=job.model.get("quantization"),
-    )
-
-
-def _row_budgets(job: ShardJob, prompts: ShardPrompts, decoded: dict[str, Any]):
-    """Each row's budget of new tokens in the model's context, as a generation job's."""
-    from powersampling.generation import row_budgets
-    from powersampling.models import load_context_length
-    from powersampling.samplers import method_params
-
-    return row_budgets(
-        prompts.rows,
-        prompts.ids,
-        method_params(decoded).get("max_new_tokens"),
-        load_context_length(job.source, local_files_only=True),
-        task_name=job.task_name,
-        model_name=job.model_name,
-    )
 
 
 def collect_calibration(paths: Sequence[str], out_path, log: Log = no_log) -> pd.DataFrame:

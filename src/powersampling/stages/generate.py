@@ -80,8 +80,8 @@ def generate(
     problems = inputs.problems.iloc[keep].reset_index(drop=True)
     prompts = ShardPrompts(inputs.rows, inputs.prompts, inputs.prompt_ids).subset(keep)
     decoded = sampler.decoded_method(method, sampler_settings)
-    budgets = _row_budgets(job, prompts, decoded, log)
-    plan = _memory_plan(job, decoded, prompts, generation, method_name)
+    budgets = job.row_budgets(prompts, decoded, log)
+    plan = job.memory_plan(decoded, prompts.ids, generation, f"{job.model_name} / {method_name}")
     log(plan.describe())
     inputs_of_rows = _checkpoint_inputs(
         job, method_name, method, seeds, problems, prompts, budgets, plan.batch,
@@ -163,49 +163,6 @@ def _checkpoint_inputs(
         "torch": torch.__version__,
         "row_format": digest(str(io.GENERATION_SCHEMA)),
     }
-
-
-def _row_budgets(job: ShardJob, prompts: ShardPrompts, decoded: dict[str, Any], log: Log):
-    """Each row's budget of new tokens in the model's context (logged when cut)."""
-    from powersampling.generation import row_budgets
-    from powersampling.models import load_context_length
-    from powersampling.samplers import method_params
-
-    max_new_tokens = method_params(decoded).get("max_new_tokens")
-    budgets = row_budgets(
-        prompts.rows,
-        prompts.ids,
-        max_new_tokens,
-        load_context_length(job.source, local_files_only=True),
-        task_name=job.task_name,
-        model_name=job.model_name,
-    )
-    n_cut = sum(b is not None and b < max_new_tokens for b in budgets)
-    if n_cut:
-        log(
-            f"{n_cut} of {len(budgets)} prompts leave less than {max_new_tokens} new tokens "
-            f"in {job.model_name}'s context: those rows get the budget that fits (token_budget)"
-        )
-    return budgets
-
-
-def _memory_plan(job, decoded, prompts: ShardPrompts, generation, method_name):
-    """The plan for the method whose decoder runs the rows, on this job's device."""
-    from powersampling.memory import plan_generation
-    from powersampling.models import resolve_device
-
-    device_gib = generation.get("device_memory_gib")
-    return plan_generation(
-        job.source,
-        decoded,
-        prompts.ids,
-        generation.get("batch_size", 32),
-        dtype=job.model.get("dtype", "auto"),
-        device=resolve_device(job.device),
-        device_bytes=None if device_gib is None else int(device_gib * 2**30),
-        name=f"{job.model_name} / {method_name}",
-        quantization=job.model.get("quantization"),
-    )
 
 
 def _load(job: ShardJob, inputs: ShardInputs, log: Log):

@@ -113,3 +113,48 @@ class ShardJob:
             truncate_model(lm, truncation["layers"], truncation["keep_last"], name=truncation["of"])
             log(f"kept blocks {lm.config.truncation['kept']} of {truncation['of']}")
         return lm, tokenizer
+
+    def row_budgets(self, prompts, decoded: dict[str, Any], log: Log = no_log) -> list:
+        """Each row's budget of new tokens in the model's context, for the rows of
+        ``prompts`` (a :class:`~powersampling.generation.ShardPrompts`) decoded by the method
+        ``decoded``; the rows whose prompt leaves less than its budget are logged."""
+        from powersampling.generation import row_budgets
+        from powersampling.models import load_context_length
+        from powersampling.samplers import method_params
+
+        max_new_tokens = method_params(decoded).get("max_new_tokens")
+        budgets = row_budgets(
+            prompts.rows,
+            prompts.ids,
+            max_new_tokens,
+            load_context_length(self.source, local_files_only=True),
+            task_name=self.task_name,
+            model_name=self.model_name,
+        )
+        n_cut = sum(b is not None and b < max_new_tokens for b in budgets)
+        if n_cut:
+            log(
+                f"{n_cut} of {len(budgets)} prompts leave less than {max_new_tokens} new "
+                f"tokens in {self.model_name}'s context: those rows get the budget that fits "
+                "(token_budget)"
+            )
+        return budgets
+
+    def memory_plan(self, decoded: dict[str, Any], prompt_ids, generation: dict[str, Any], name):
+        """The memory plan of the method ``decoded`` over ``prompt_ids`` on this job's
+        device (:func:`powersampling.memory.plan_generation`), named ``name``."""
+        from powersampling.memory import plan_generation
+        from powersampling.models import resolve_device
+
+        device_gib = generation.get("device_memory_gib")
+        return plan_generation(
+            self.source,
+            decoded,
+            prompt_ids,
+            generation.get("batch_size", 32),
+            dtype=self.model.get("dtype", "auto"),
+            device=resolve_device(self.device),
+            device_bytes=None if device_gib is None else int(device_gib * 2**30),
+            name=name,
+            quantization=self.model.get("quantization"),
+        )
