@@ -555,8 +555,9 @@ def test_rehearsal_runs_every_remote_job_as_a_slurm_job(rehearsal_run):
     log = rehearsal_run["text"]
     remote, local = planned_jobs(log)
     assert remote == Counter(
-        {"build_rehearsal_model": 1, "generate": 13, "grade": 13, "collect_metrics": 1}
-    )
+        {"build_rehearsal_model": 1, "calibrate": 4, "collect_calibration": 1, "generate": 13,
+         "grade": 13, "collect_metrics": 1, "collect_cost": 1}
+    )  # fmt: skip
     assert {"download_dataset", "export_alpaca_eval"} <= set(local)
     records = sacct(run_id(log), expected=sum(remote.values()))
     assert Counter(r["rule"] for r in records) == remote
