@@ -51,6 +51,10 @@ class Study:
     def section(self, config: dict[str, Any]) -> dict[str, Any]:
         return config["studies"][self.name]
 
+    def section_if_any(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The study's config section, or None when the config has none."""
+        return config.get("studies", {}).get(self.name)
+
     def check(self, config: dict[str, Any]) -> list[str]:
         """Problems of a validated config that uses this study, one line each."""
         return []

@@ -116,7 +116,7 @@ class DpsStudy(Study):
 
     def runs(self, config: dict[str, Any]) -> list[Run]:
         """The pool: seeds 0..k_max-1 of its power method are the trajectories."""
-        study = config.get("studies", {}).get(self.name)
+        study = self.section_if_any(config)
         if study is None:
             return []
         return [
@@ -139,7 +139,7 @@ class DpsStudy(Study):
 
     def pairs(self, config: dict[str, Any]) -> list[tuple[str, str]]:
         """(task, model) of the study: one pool, set of controllers and replay each."""
-        study = config["studies"].get(self.name)
+        study = self.section_if_any(config)
         if study is None:
             return []
         return [(task, model) for task in study["tasks"] for model in study["models"]]

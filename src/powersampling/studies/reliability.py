@@ -57,7 +57,7 @@ class ReliabilityStudy(Study):
 
     def runs(self, config: dict[str, Any]) -> list[Run]:
         """Every setting `runs` times (seeds 0..runs-1); a deterministic one once."""
-        study = config.get("studies", {}).get(self.name)
+        study = self.section_if_any(config)
         if study is None:
             return []
         return [
@@ -77,7 +77,7 @@ class ReliabilityStudy(Study):
 
     def graded_runs(self, config: dict[str, Any], runs: list[Run]) -> list[Run]:
         """The planned runs of the study's tasks, models and settings (its graded shards)."""
-        study = config["studies"].get(self.name)
+        study = self.section_if_any(config)
         if study is None:
             return []
         return [
