@@ -67,3 +67,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def saved_job_inputs(root, n_problems: int):
+    """A toy-shaped model folder ``root/m`` and a synthetic task's data file
+    ``root/sums.parquet`` of ``n_problems`` problems, as the workflow has them; returns
+    (root, the task's config entry)."""
+    from powersampling.stages.data import synthetic_data
+    from powersampling.toy.model import build_toy_model, toy_model_config
+    from powersampling.toy.tokenizer import VOCAB_SIZE, build_char_tokenizer
+
+    shape = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    build_toy_model(toy_model_config(VOCAB_SIZE, **shape), seed=0).save_pretrained(root / "m")
+    build_char_tokenizer().save_pretrained(root / "m")
+    task = {"kind": "synthetic", "limit": n_problems, "generator": {"kinds": ["arithmetic"]}}
+    synthetic_data("sums", task, seed=0, out_path=root / "sums.parquet")
+    return root, task

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers_models import saved_job_inputs
 
 from powersampling.generation import ShardPrompts
 from powersampling.plan import CALIBRATION_COLUMNS
@@ -21,17 +22,7 @@ SMC = {"sampler": "smc", "alpha": 2.0, "particles": 3, "max_new_tokens": 6}
 @pytest.fixture(scope="module")
 def job_inputs(tmp_path_factory):
     """A toy-shaped model folder and a synthetic task's data file, as the workflow has them."""
-    from powersampling.stages.data import synthetic_data
-    from powersampling.toy.model import build_toy_model, toy_model_config
-    from powersampling.toy.tokenizer import VOCAB_SIZE, build_char_tokenizer
-
-    root = tmp_path_factory.mktemp("job")
-    shape = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
-    build_toy_model(toy_model_config(VOCAB_SIZE, **shape), seed=0).save_pretrained(root / "m")
-    build_char_tokenizer().save_pretrained(root / "m")
-    task = {"kind": "synthetic", "limit": N_PROBLEMS, "generator": {"kinds": ["arithmetic"]}}
-    synthetic_data("sums", task, seed=0, out_path=root / "sums.parquet")
-    return root, task
+    return saved_job_inputs(tmp_path_factory.mktemp("job"), N_PROBLEMS)
 
 
 def run_calibration(job_inputs, out: Path, method: dict, batch: int, problems: int = 2):

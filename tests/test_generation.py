@@ -7,7 +7,13 @@ import dataclasses
 import pandas as pd
 import pyarrow as pa
 import pytest
-from helpers_models import EOS_ID, one_torch_thread, tiny_model, tiny_tokenizer  # noqa: F401
+from helpers_models import (  # noqa: F401
+    EOS_ID,
+    one_torch_thread,
+    saved_job_inputs,
+    tiny_model,
+    tiny_tokenizer,
+)
 
 from powersampling.errors import UserError
 from powersampling.generation import generate_shard
@@ -139,17 +145,7 @@ def test_a_prompt_that_leaves_no_room_names_the_problem(model, tokenizer):
 @pytest.fixture(scope="module")
 def job_inputs(tmp_path_factory):
     """A toy-shaped model folder and a synthetic task's data file, as the workflow has them."""
-    from powersampling.stages.data import synthetic_data
-    from powersampling.toy.model import build_toy_model, toy_model_config
-    from powersampling.toy.tokenizer import VOCAB_SIZE, build_char_tokenizer
-
-    root = tmp_path_factory.mktemp("job")
-    shape = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
-    build_toy_model(toy_model_config(VOCAB_SIZE, **shape), seed=0).save_pretrained(root / "m")
-    build_char_tokenizer().save_pretrained(root / "m")
-    task = {"kind": "synthetic", "limit": 4, "generator": {"kinds": ["arithmetic"]}}
-    synthetic_data("sums", task, seed=0, out_path=root / "sums.parquet")
-    return root, task
+    return saved_job_inputs(tmp_path_factory.mktemp("job"), 4)
 
 
 def run_job(job_inputs, tmp_path, generation, log, seeds=(0,)):
