@@ -19,7 +19,7 @@ from powersampling.engine import DecodingEngine
 from powersampling.errors import UserError
 from powersampling.io import GENERATION_SCHEMA
 from powersampling.models import eos_token_ids
-from powersampling.samplers import get_sampler, method_params, sampler_class
+from powersampling.samplers import get_sampler
 from powersampling.seeding import derive_seed, torch_generator
 
 
@@ -206,14 +206,6 @@ def sampling_record(sampler) -> str:
     """The effective sampling settings of a shard, as JSON (the ``sampling`` column)."""
     record = {**sampler.sampling_record(), "generation_config": "ignored"}
     return json.dumps(record, sort_keys=True)
-
-
-def token_budget(method: dict[str, Any], settings: dict | None = None) -> int | None:
-    """The most new tokens a row of ``method`` decodes, known before the model loads: its
-    decoded method's ``max_new_tokens`` (None for a sampler without one; ``settings``: the
-    method's job settings)."""
-    decoded = sampler_class(method["sampler"]).decoded_method(method, settings)
-    return method_params(decoded).get("max_new_tokens")
 
 
 class ShardPrompts(NamedTuple):

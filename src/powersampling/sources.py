@@ -60,10 +60,6 @@ class ModelSource:
     source: str
     folder: str
 
-    @property
-    def built(self) -> bool:
-        return self.kind in BUILT_SOURCES
-
 
 def weights_of(config: dict[str, Any], model: str) -> str:
     """The model entry whose weights ``model`` loads: its own, or its base model's."""
