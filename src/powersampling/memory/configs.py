@@ -13,6 +13,11 @@ from powersampling.memory.devices import device_memory, host_allocation
 from powersampling.memory.plans import MemoryPlan, plan_memory
 
 
+class ShapeUnknown(UserError):
+    """A model's config cannot be read before its weights are staged (a hub id of an
+    unpublished architecture, not yet downloaded)."""
+
+
 def model_config(source: str, *, revision: str | None = None, local_files_only=None):
     """The ``transformers`` config of a model source without any weights: the published
     shape of a known hub id (no network), a local folder's config.json, else the hub's
@@ -32,7 +37,7 @@ def model_config(source: str, *, revision: str | None = None, local_files_only=N
         return AutoConfig.from_pretrained(str(Path(source).expanduser()), **kwargs)
     except (OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"cannot read the config of model {source!r}: {first}") from err
+        raise ShapeUnknown(f"cannot read the config of model {source!r}: {first}") from err
 
 
 def plan_generation(

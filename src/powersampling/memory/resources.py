@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from powersampling.errors import UserError
-from powersampling.memory.configs import model_config
+from powersampling.memory.configs import ShapeUnknown, model_config
 from powersampling.memory.plans import HOST_MARGIN, MemoryPlan, plan_memory
 from powersampling.memory.units import DEFAULT_PROMPT_TOKENS, GIB
 
@@ -58,10 +58,8 @@ def generation_mem_mb(config: dict[str, Any], model: str, method: dict[str, Any]
     ceiling = config["resources"]["generation_mem_mb"]
     try:
         plan = rule_plan(config, model, method)
-    except UserError as err:
-        if "cannot read the config" in str(err):
-            return ceiling
-        raise
+    except ShapeUnknown:
+        return ceiling
     need = plan.host_request_mb(runs_on_cpu(config))
     if need > ceiling:
         raise UserError(
