@@ -49,7 +49,9 @@ RUNS = planned_runs(config)
 # plan each job obeys; a job that would need more than the config allows stops the run here.
 try:
     GENERATION_MEM_MB = {
-        (model, method): generation_mem_mb(config, model, decoding_method(config, method))
+        (model, method): generation_mem_mb(
+            config, model, decoding_method(config, method)
+        )
         for model, method in dict.fromkeys((run.model, run.method) for run in RUNS)
     }
 except UserError as err:
